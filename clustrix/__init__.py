@@ -1,0 +1,67 @@
+"""Clustrix: run a Python function's calls on local cores, an HPC cluster or an SSH host.
+
+from clustrix import cluster
+
+@cluster(cores=4, memory="8GB", time="01:00:00")
+def simulate(seed): ...
+
+simulate(1)                  # runs where the configuration says, returns the value
+simulate.map(range(100))     # many calls, results in input order
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .config import (
+    ClusterConfig,
+    configure,
+    get_config,
+    load_config,
+    reset_config,
+    save_config,
+)
+from .decorator import ClusterFunction, cluster
+from .errors import (
+    BackendUnavailableError,
+    ClustrixError,
+    ConfigError,
+    JobFailedError,
+    JobTimeoutError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    WorkerCrashedError,
+)
+from .futures import ClusterFuture
+from .local import LocalExecutor
+from .resources import Resources
+
+try:
+    __version__ = version("clustrix")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BackendUnavailableError",
+    "ClusterConfig",
+    "ClusterFunction",
+    "ClusterFuture",
+    "ClustrixError",
+    "ConfigError",
+    "JobFailedError",
+    "JobTimeoutError",
+    "LocalExecutor",
+    "RemoteError",
+    "RemoteTraceback",
+    "Resources",
+    "SerializationError",
+    "WorkerCrashedError",
+    "__version__",
+    "cluster",
+    "configure",
+    "get_config",
+    "load_config",
+    "reset_config",
+    "save_config",
+]

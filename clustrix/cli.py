@@ -1,0 +1,240 @@
+"""The ``clustrix`` command: parsing arguments and printing; the logic lives in the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from . import __version__
+from .config import (
+    FIELD_NAMES,
+    FIELD_SPECS,
+    ClusterConfig,
+    check_names,
+    first_existing,
+    parse_text_value,
+    plain_value,
+    read_config_file,
+    resolve_config,
+    user_config_candidates,
+    user_config_dir,
+)
+from .errors import ClustrixError
+from .local import available_cores
+
+
+class _Group(click.Group):
+    """Turns Clustrix errors into one line on stderr and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClustrixError as exc:
+            raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:  # output piped into `head` and the like
+            ctx.exit(0)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, "--version", "-V", prog_name="clustrix")
+def main() -> None:
+    """Run Python functions on local cores, HPC clusters or SSH hosts."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+@main.group("config")
+def config_group() -> None:
+    """Show, create and change the configuration."""
+
+
+def _display(name: str, value: Any) -> str:
+    if FIELD_SPECS[name].secret and value:
+        return "***"
+    return value if isinstance(value, str) else json.dumps(plain_value(value))
+
+
+@config_group.command("show")
+@click.option("--profile", help="Show the settings with this profile applied.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def config_show(profile: str | None, as_json: bool) -> None:
+    """Print the effective configuration and where each value comes from."""
+    resolved = resolve_config(profile)
+    data = resolved.config.to_dict()
+    if as_json:
+        payload = {
+            name: {"value": data.get(name, "***"), "source": resolved.sources[name]}
+            for name in FIELD_NAMES
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    rows = [
+        (name, _display(name, getattr(resolved.config, name)), resolved.sources[name])
+        for name in FIELD_NAMES
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    click.echo(f"{'setting':<{widths[0]}}  {'value':<{widths[1]}}  source")
+    for name, value, source in rows:
+        click.echo(f"{name:<{widths[0]}}  {value:<{widths[1]}}  {source}")
+
+
+def config_template() -> str:
+    """A commented config file listing every setting with its default, made from the specs."""
+    defaults = ClusterConfig().to_dict(include_secrets=True)
+    lines = [
+        "# Clustrix configuration. Uncomment and edit the settings you need.",
+        "# Precedence, lowest first: this file < ./clustrix.yaml < a profile",
+        "# < CLUSTRIX_<SETTING> environment variables < configure() < @cluster arguments.",
+        "",
+    ]
+    for name in FIELD_NAMES:
+        spec = FIELD_SPECS[name]
+        lines.append(f"# {spec.help}")
+        if spec.choices:
+            lines.append(f"#   one of: {', '.join(spec.choices)}")
+        value = yaml.safe_dump({name: defaults[name]}, default_flow_style=True, width=10**6)
+        lines.append("# " + value.strip()[1:-1])
+        lines.append("")
+    lines += [
+        "# Named sets of settings, selected with @cluster(profile='gpu') or CLUSTRIX_PROFILE=gpu:",
+        "# profiles:",
+        "#   gpu:",
+        "#     default_partition: gpu",
+        "#     default_cores: 8",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _user_config_path() -> Path:
+    return first_existing(user_config_candidates()) or user_config_dir() / "config.yaml"
+
+
+@config_group.command("init")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option(
+    "--path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write (default: ~/.clustrix/config.yaml).",
+)
+def config_init(force: bool, path: Path | None) -> None:
+    """Write a commented configuration template."""
+    path = path or user_config_dir() / "config.yaml"
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} already exists; use --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_template(), encoding="utf-8")
+    click.echo(f"wrote {path}")
+
+
+def set_yaml_setting(text: str, name: str, value: Any) -> str:
+    """Set one top-level key in YAML text, keeping comments and other settings as they are."""
+    rendered = f"{name}: " + yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    rendered = rendered.removesuffix("\n...").removesuffix(" ...")
+    lines = text.splitlines()
+    active = re.compile(rf"^{re.escape(name)}\s*:")
+    commented = re.compile(rf"^#\s*{re.escape(name)}\s*:")
+    for pattern in (active, commented):
+        for index, line in enumerate(lines):
+            if pattern.match(line):
+                end = index + 1
+                if pattern is active:  # drop the old value's block continuation lines
+                    while end < len(lines) and (
+                        lines[end].startswith((" ", "-")) and lines[end].strip()
+                    ):
+                        end += 1
+                lines[index:end] = [rendered]
+                return "\n".join(lines) + "\n"
+    return "\n".join([*lines, rendered]) + "\n"
+
+
+@config_group.command("set")
+@click.argument("key")
+@click.argument("value")
+def config_set(key: str, value: str) -> None:
+    """Validate VALUE for setting KEY and save it in the user configuration file."""
+    check_names({key: None}, "clustrix config set")
+    typed = parse_text_value(key, value)
+    if FIELD_SPECS[key].secret:
+        raise click.ClickException(
+            f"{key} is never saved to disk; set CLUSTRIX_{key.upper()} in the environment instead"
+        )
+    path = _user_config_path()
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8") or "{}") if path.exists() else {}
+        data[key] = plain_value(typed)
+        new_text = json.dumps(data, indent=2) + "\n"
+    else:
+        old_text = path.read_text(encoding="utf-8") if path.exists() else ""
+        new_text = set_yaml_setting(old_text, key, plain_value(typed))
+    _write_validated(path, new_text)
+    click.echo(f"{key} = {_display(key, typed)}  ({path})")
+
+
+def _write_validated(path: Path, text: str) -> None:
+    """Write a config file only if the result parses and validates."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate = path.with_name(path.name + ".new" + path.suffix)
+    candidate.write_text(text, encoding="utf-8")
+    try:
+        read_config_file(candidate)
+    except ClustrixError:
+        candidate.unlink()
+        raise
+    candidate.replace(path)
+
+
+# --------------------------------------------------------------------------- load and status
+
+
+@main.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def load(file: Path) -> None:
+    """Validate FILE and make it the user configuration (~/.clustrix/config.yaml)."""
+    parsed = read_config_file(file)
+    target = user_config_dir() / "config.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for existing in user_config_candidates():
+        if existing.exists():
+            backup = existing.with_name(existing.name + ".bak")
+            shutil.copy2(existing, backup)
+            click.echo(f"previous configuration kept as {backup}")
+            if existing != target:
+                existing.unlink()
+    if file.suffix == ".json":
+        data: dict[str, Any] = plain_value(parsed.settings)
+        if parsed.profiles:
+            data["profiles"] = plain_value(parsed.profiles)
+        target.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    else:
+        shutil.copyfile(file, target)
+    count = len(parsed.settings)
+    click.echo(f"loaded {count} setting(s) and {len(parsed.profiles)} profile(s) into {target}")
+
+
+@main.command("status")
+@click.option("--profile", help="Check the target of this profile.")
+def status(profile: str | None) -> None:
+    """Show where calls would run now, and check that the target is usable."""
+    config = resolve_config(profile).config
+    if config.cluster_type == "local":
+        workers = min(available_cores(), config.max_parallel_jobs)
+        click.echo(f"target: local machine ({os.uname().nodename})")
+        click.echo(f"workers: {workers} ({config.local_executor} executor)")
+        click.echo("status: ready")
+        return
+    click.echo(f"target: {config.cluster_type} at {config.cluster_host or '(no cluster_host set)'}")
+    raise click.ClickException(
+        f"the {config.cluster_type} backend is not available in this version of Clustrix"
+    )

@@ -1,0 +1,316 @@
+"""``@cluster``: the decorator that sends a function's calls elsewhere.
+
+The decorated object behaves like the function (name, docstring, signature, picklability) and
+adds ``submit`` and ``map``. Decorator arguments are validated when the decorator is applied;
+the rest of the configuration is resolved at each call, so ``configure()`` after decoration
+takes effect, and a call never changes the global configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, overload
+
+from .config import ClusterConfig, resolve_config
+from .errors import BackendUnavailableError, ConfigError, WorkerCrashedError
+from .futures import ClusterFuture
+from .local import KINDS, LocalExecutor, available_cores, in_worker, shared_executor
+from .resources import Resources
+
+logger = logging.getLogger("clustrix")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Decorator arguments that override a configuration setting of another name.
+_ARGUMENT_SETTINGS = {
+    "cores": "default_cores",
+    "memory": "default_memory",
+    "time": "default_time",
+    "partition": "default_partition",
+    "queue": "default_queue",
+    "executor": "local_executor",
+}
+
+
+def _check_optional_number(name: str, value: Any, minimum: float, integer: bool) -> None:
+    if value is None:
+        return
+    kind_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not kind_ok or value < minimum:
+        expected = "an integer" if integer else "a number"
+        raise ConfigError(
+            f"{name}={value!r} is not valid: expected {expected} >= {minimum:g}",
+            field=name,
+            value=value,
+        )
+
+
+def _check_environment(value: Any) -> None:
+    if value is None or (isinstance(value, str) and value.strip()):
+        return
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return
+    raise ConfigError(
+        f"environment={value!r} is not valid: expected 'auto', a requirements file path, "
+        "or a list of requirement strings",
+        field="environment",
+        value=value,
+    )
+
+
+class ClusterFunction:
+    """A function whose calls run where the configuration says, with the same results."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        cores: int | None = None,
+        memory: str | int | None = None,
+        time: str | int | None = None,
+        partition: str | None = None,
+        queue: str | None = None,
+        parallel: bool | None = None,
+        environment: str | list[str] | None = None,
+        gpus: int | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        profile: str | None = None,
+        executor: str | None = None,
+        **scheduler_options: Any,
+    ) -> None:
+        if not callable(func):
+            raise ConfigError(f"@cluster needs a function, got {func!r}", field="func", value=func)
+        functools.update_wrapper(self, func)
+        arguments = {
+            "cores": cores,
+            "memory": memory,
+            "time": time,
+            "partition": partition,
+            "queue": queue,
+            "executor": executor,
+        }
+        # Parse the resource spellings now, so a typo fails at decoration, not at submission.
+        Resources.parse(
+            cores=1 if cores is None else cores,
+            memory=memory,
+            time=time,
+            gpus=0 if gpus is None else gpus,
+            partition=partition,
+            queue=queue,
+        )
+        if executor is not None and executor not in KINDS:
+            raise ConfigError(
+                f"executor={executor!r} is not valid: expected one of {', '.join(KINDS)}",
+                field="executor",
+                value=executor,
+            )
+        if parallel is not None and not isinstance(parallel, bool):
+            raise ConfigError(
+                f"parallel={parallel!r} is not valid: expected True, False or None",
+                field="parallel",
+                value=parallel,
+            )
+        _check_environment(environment)
+        _check_optional_number("retries", retries, 0, integer=True)
+        _check_optional_number("timeout", timeout, 0.001, integer=False)
+        if profile is not None and (not isinstance(profile, str) or not profile):
+            raise ConfigError(
+                f"profile={profile!r} is not valid: expected a profile name",
+                field="profile",
+                value=profile,
+            )
+        self._overrides = {
+            _ARGUMENT_SETTINGS[name]: value
+            for name, value in arguments.items()
+            if value is not None
+        }
+        self.parallel = parallel
+        self.environment = environment
+        self.gpus = gpus or 0
+        self.retries = retries
+        self.timeout = timeout
+        self.profile = profile
+        self.scheduler_options: Mapping[str, Any] = dict(scheduler_options)
+
+    # ------------------------------------------------------------------ behaving like the function
+
+    def __repr__(self) -> str:
+        return f"<cluster function {self.__qualname__}>"
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        bound = ClusterFunction.__new__(ClusterFunction)
+        bound.__dict__.update(self.__dict__)
+        bound.__wrapped__ = self.__wrapped__.__get__(instance, owner)
+        return bound
+
+    def __reduce__(self) -> Any:
+        # Importable by name (a module-level function): pickle a reference, as for any function.
+        # Otherwise (closures, __main__ under cloudpickle) rebuild from the wrapped function.
+        module = getattr(self, "__module__", None)
+        qualname = getattr(self, "__qualname__", "")
+        if module and module != "__main__" and "<locals>" not in qualname:
+            try:
+                import importlib
+
+                target: Any = importlib.import_module(module)
+                for part in qualname.split("."):
+                    target = getattr(target, part)
+                if target is self:
+                    return qualname
+            except (ImportError, AttributeError):
+                pass
+        return (_rebuild, (self.__wrapped__, self._decorator_arguments()))
+
+    def _decorator_arguments(self) -> dict[str, Any]:
+        names = {setting: argument for argument, setting in _ARGUMENT_SETTINGS.items()}
+        arguments = {names[setting]: value for setting, value in self._overrides.items()}
+        arguments.update(
+            parallel=self.parallel,
+            environment=self.environment,
+            gpus=self.gpus or None,
+            retries=self.retries,
+            timeout=self.timeout,
+            profile=self.profile,
+            **self.scheduler_options,
+        )
+        return arguments
+
+    # ------------------------------------------------------------------ configuration
+
+    def effective_config(self) -> ClusterConfig:
+        """The settings a call made now would use (files, environment, configure(), arguments)."""
+        return resolve_config(self.profile, self._overrides).config
+
+    def resources(self, config: ClusterConfig | None = None) -> Resources:
+        """The normalised resource request of a call made now."""
+        config = config or self.effective_config()
+        return Resources.parse(
+            cores=config.default_cores,
+            memory=config.default_memory,
+            time=config.default_time,
+            gpus=self.gpus,
+            partition=config.default_partition,
+            queue=config.default_queue,
+        )
+
+    def _local_executor(self, config: ClusterConfig) -> LocalExecutor:
+        if config.cluster_type != "local":
+            raise BackendUnavailableError(
+                f"cluster_type={config.cluster_type!r} is configured, but this version of "
+                "Clustrix runs calls on the local machine only; set cluster_type='local'"
+            )
+        workers = min(available_cores(), config.max_parallel_jobs)
+        return shared_executor(workers, config.local_executor)
+
+    # ------------------------------------------------------------------ calling
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        future = self.submit(*args, **kwargs)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+
+    def submit(self, *args: Any, **kwargs: Any) -> ClusterFuture:
+        """Start a call and return its future at once."""
+        func = self.__wrapped__
+        if in_worker():
+            # Already inside a call Clustrix runs: nesting another pool would oversubscribe.
+            return LocalExecutor(kind="inline").submit_call(func, args, kwargs)
+        config = self.effective_config()
+        executor = self._local_executor(config)
+        if self.retries == 0:
+            return executor.submit_call(func, args, kwargs, timeout=self.timeout)
+        return _with_retries(
+            lambda: executor.submit_call(func, args, kwargs, timeout=self.timeout), self.retries
+        )
+
+    def map(
+        self,
+        iterable: Iterable[Any],
+        *iterables: Iterable[Any],
+        return_exceptions: bool = False,
+        chunksize: int | None = None,
+    ) -> list[Any]:
+        """Call the function on each item (zipped across iterables); results in input order.
+
+        With ``return_exceptions=True`` a failing item's exception takes its place in the
+        list; otherwise the first failure (in input order) is raised.
+        """
+        func = self.__wrapped__
+        if in_worker():
+            executor = LocalExecutor(kind="inline")
+        else:
+            executor = self._local_executor(self.effective_config())
+        return executor.map(
+            func, iterable, *iterables, chunksize=chunksize, return_exceptions=return_exceptions
+        )
+
+
+def _rebuild(func: Callable[..., Any], arguments: dict[str, Any]) -> ClusterFunction:
+    return ClusterFunction(func, **arguments)
+
+
+def _with_retries(start: Callable[[], ClusterFuture], retries: int) -> ClusterFuture:
+    """Re-run a call whose worker died, up to ``retries`` more times, behind one future."""
+    first = start()
+    outer = ClusterFuture(first.name, first.backend)
+    current = {"future": first}
+    outer.bind_cancel(lambda: current["future"].cancel())
+
+    def on_done(done: ClusterFuture) -> None:
+        if outer.done():
+            return
+        if done.cancelled():
+            outer.cancel()
+            return
+        error = done.exception()
+        if isinstance(error, WorkerCrashedError) and outer.attempts <= retries:
+            outer.attempts += 1
+            logger.warning(
+                "retrying %s (attempt %d of %d): %s",
+                outer.name,
+                outer.attempts,
+                retries + 1,
+                str(error).splitlines()[0],
+            )
+            current["future"] = start()
+            current["future"].add_done_callback(on_done)
+        elif error is not None:
+            outer.set_exception(error)
+        else:
+            outer.set_result(done.result())
+
+    first.add_done_callback(on_done)
+    return outer
+
+
+@overload
+def cluster(func: F) -> ClusterFunction: ...
+@overload
+def cluster(
+    func: None = None, **options: Any
+) -> Callable[[Callable[..., Any]], ClusterFunction]: ...
+
+
+def cluster(func: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Run a function's calls on the configured backend: ``@cluster`` or ``@cluster(cores=8)``.
+
+    Arguments: ``cores``, ``memory``, ``time``, ``partition``, ``queue``, ``gpus``,
+    ``parallel``, ``environment``, ``retries`` (re-runs after a worker or node failure),
+    ``timeout`` (seconds), ``profile``, ``executor`` (local: auto, processes, threads, inline)
+    and scheduler-specific options as further keywords.
+    """
+    if func is not None:
+        return ClusterFunction(func, **options)
+
+    def decorate(target: Callable[..., Any]) -> ClusterFunction:
+        return ClusterFunction(target, **options)
+
+    return decorate

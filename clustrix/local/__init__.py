@@ -1,0 +1,32 @@
+"""Local backends: a process pool, a thread pool, or inline execution in the caller."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+
+from .executor import KINDS, LocalExecutor, available_cores, in_worker
+
+__all__ = ["KINDS", "LocalExecutor", "available_cores", "in_worker", "shared_executor"]
+
+_shared: dict[tuple[int, str], LocalExecutor] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_executor(max_workers: int, kind: str) -> LocalExecutor:
+    """One long-lived executor per (workers, kind), so decorated calls reuse warm workers."""
+    key = (max_workers, kind)
+    with _shared_lock:
+        executor = _shared.get(key)
+        if executor is None:
+            executor = _shared[key] = LocalExecutor(max_workers=max_workers, kind=kind)
+        return executor
+
+
+@atexit.register
+def _shutdown_shared() -> None:
+    with _shared_lock:
+        executors = list(_shared.values())
+        _shared.clear()
+    for executor in executors:
+        executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,153 @@
+"""Resource requests (cores, memory, time, GPUs, partition, queue) parsed once.
+
+Users write memory and time in many spellings; schedulers each want their own. Parsing into
+one normalised value object here means every scheduler module renders from plain integers and
+never parses user strings itself.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+# Binary multiples, as every HPC scheduler interprets memory units: 1G means 1024M.
+_MEMORY_UNITS_MB = {
+    "k": 1 / 1024,
+    "m": 1,
+    "g": 1024,
+    "t": 1024 * 1024,
+}
+_MEMORY_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgt])?(i?b)?\s*$", re.IGNORECASE)
+_MEMORY_HELP = "a positive size such as 512MB, 8GB, 8G, 1.5TB, 16GiB, or an int in MB"
+
+_TIME_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_TIME_PART_PATTERN = re.compile(r"(\d+(?:\.\d+)?)([smhd])", re.IGNORECASE)
+_CLOCK_PATTERN = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?$")
+_TIME_HELP = (
+    "a positive duration such as 'HH:MM:SS', 'D-HH:MM:SS', 'MM:SS', '90m', '2h', '1h30m', "
+    "'1d', or an int in minutes"
+)
+
+
+def _bad(field: str, value: object, allowed: str) -> ConfigError:
+    return ConfigError(
+        f"{field}={value!r} is not valid: expected {allowed}", field=field, value=value
+    )
+
+
+def parse_memory(value: str | int | float, field: str = "memory") -> int:
+    """Return a memory request in MiB (rounded up), from a string with units or an int of MB."""
+    if isinstance(value, bool):
+        raise _bad(field, value, _MEMORY_HELP)
+    if isinstance(value, (int, float)):
+        megabytes = float(value)
+    elif isinstance(value, str):
+        match = _MEMORY_PATTERN.match(value)
+        if not match:
+            raise _bad(field, value, _MEMORY_HELP)
+        number, unit, _suffix = match.groups()
+        if unit is None and _suffix:  # "100B" or "100iB": bytes are not a useful request
+            raise _bad(field, value, _MEMORY_HELP)
+        megabytes = float(number) * _MEMORY_UNITS_MB[(unit or "m").lower()]
+    else:
+        raise _bad(field, value, _MEMORY_HELP)
+    if not math.isfinite(megabytes) or megabytes <= 0:
+        raise _bad(field, value, _MEMORY_HELP)
+    return math.ceil(megabytes)
+
+
+def parse_time(value: str | int, field: str = "time") -> int:
+    """Return a time limit in whole seconds, from a clock string, unit string or int minutes."""
+    if isinstance(value, bool):
+        raise _bad(field, value, _TIME_HELP)
+    if isinstance(value, int):
+        seconds = value * 60
+    elif isinstance(value, str):
+        seconds = _parse_time_string(value.strip(), field)
+    else:
+        raise _bad(field, value, _TIME_HELP)
+    if seconds <= 0:
+        raise _bad(field, value, _TIME_HELP)
+    return seconds
+
+
+def _parse_time_string(text: str, field: str) -> int:
+    if text.isdigit():
+        return int(text) * 60
+    clock = _CLOCK_PATTERN.match(text)
+    if clock:
+        days, first, second, third = clock.groups()
+        if third is None:
+            if days is not None:  # "D-HH:MM"
+                hours, minutes, seconds = int(first), int(second), 0
+            else:  # "MM:SS"
+                hours, minutes, seconds = 0, int(first), int(second)
+        else:
+            hours, minutes, seconds = int(first), int(second), int(third)
+        if minutes >= 60 or seconds >= 60 or (days is not None and hours >= 24):
+            raise _bad(field, text, _TIME_HELP)
+        return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+    parts = _TIME_PART_PATTERN.findall(text)
+    if parts and "".join(n + u for n, u in parts) == text.replace(" ", ""):
+        return math.ceil(sum(float(n) * _TIME_UNITS_S[u.lower()] for n, u in parts))
+    raise _bad(field, text, _TIME_HELP)
+
+
+def format_clock(seconds: int) -> str:
+    """``HH:MM:SS`` with hours unbounded, the form SGE and PBS accept."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def format_slurm_time(seconds: int) -> str:
+    """``D-HH:MM:SS``, SLURM's own form, rounded up to whole minutes as SLURM does anyway."""
+    days, rest = divmod(seconds, 86400)
+    clock = format_clock(rest)
+    return f"{days}-{clock}" if days else clock
+
+
+def _positive_int(field: str, value: object, *, allow_zero: bool = False) -> int:
+    minimum = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(field, value, f"an integer >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks of the machine that runs it, in normalised units."""
+
+    cores: int = 1
+    memory_mb: int | None = None
+    time_seconds: int | None = None
+    gpus: int = 0
+    partition: str | None = None
+    queue: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        cores: int = 1,
+        memory: str | int | None = None,
+        time: str | int | None = None,
+        gpus: int = 0,
+        partition: str | None = None,
+        queue: str | None = None,
+    ) -> Resources:
+        """Validate user-facing spellings; each error names the offending field."""
+        for name, text in (("partition", partition), ("queue", queue)):
+            if text is not None and (not isinstance(text, str) or not text.strip()):
+                raise _bad(name, text, "a non-empty string")
+        return cls(
+            cores=_positive_int("cores", cores),
+            memory_mb=None if memory is None else parse_memory(memory),
+            time_seconds=None if time is None else parse_time(time),
+            gpus=_positive_int("gpus", gpus, allow_zero=True),
+            partition=partition,
+            queue=queue,
+        )
