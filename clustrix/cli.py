@@ -159,7 +159,7 @@ def set_yaml_setting(text: str, name: str, value: Any) -> str:
     return "\n".join([*lines, rendered]) + "\n"
 
 
-@config_group.command("set")
+@config_group.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 def config_set(key: str, value: str) -> None:

@@ -306,15 +306,13 @@ def _validate_number(name: str, value: Any, spec: FieldSpec) -> int | float:
         raise _invalid(name, value, allowed)
     if spec.kind == "int" and not isinstance(value, int):
         raise _invalid(name, value, allowed)
-    if spec.kind == "float":
-        if not isinstance(value, (int, float)):
-            raise _invalid(name, value, allowed)
-        value = float(value)
+    if spec.kind == "float" and not isinstance(value, (int, float)):
+        raise _invalid(name, value, allowed)
     if (spec.minimum is not None and value < spec.minimum) or (
         spec.maximum is not None and value > spec.maximum
     ):
         raise _invalid(name, value, allowed)
-    return value
+    return float(value) if spec.kind == "float" else value
 
 
 class _FrozenDict(dict):

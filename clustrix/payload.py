@@ -15,6 +15,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import RemoteError, RemoteTraceback, SerializationError, WorkerCrashedError
+from .tracebacks import code_files, restore_locations
 
 CallArgs = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -99,7 +100,9 @@ def is_picklable_call(
     return None
 
 
-def envelope_outcome(envelope_bytes: bytes, *, where: str) -> tuple[bool, Any]:
+def envelope_outcome(
+    envelope_bytes: bytes, *, where: str, func: Callable[..., Any] | None = None
+) -> tuple[bool, Any]:
     """Decode an envelope into ``(True, value)`` or ``(False, exception_to_raise)``."""
     try:
         envelope = cloudpickle.loads(envelope_bytes)
@@ -107,13 +110,16 @@ def envelope_outcome(envelope_bytes: bytes, *, where: str) -> tuple[bool, Any]:
         return False, SerializationError(f"the result from {where} could not be unpickled: {exc}")
     if envelope["ok"]:
         return True, envelope["value"]
-    return False, exception_from_envelope(envelope, where=where)
+    return False, exception_from_envelope(envelope, where=where, func=func)
 
 
-def exception_from_envelope(envelope: dict[str, Any], *, where: str) -> BaseException:
-    remote_traceback = RemoteTraceback(
-        f"{envelope['traceback'].rstrip()}\n(raised on {envelope.get('host', '?')}, {where})"
-    )
+def exception_from_envelope(
+    envelope: dict[str, Any], *, where: str, func: Callable[..., Any] | None = None
+) -> BaseException:
+    text = envelope["traceback"].rstrip()
+    if func is not None and "<dynamic-code>" in text:
+        text = restore_locations(text, code_files(func))
+    remote_traceback = RemoteTraceback(f"{text}\n(raised on {envelope.get('host', '?')}, {where})")
     exc = _load_exception(envelope.get("exception"))
     if isinstance(exc, SystemExit):
         error: BaseException = WorkerCrashedError(

@@ -31,12 +31,14 @@ def _describe_type(exc: BaseException) -> str:
 
 
 def _failure(exc: BaseException, exit_code: int | None = None) -> dict[str, Any]:
+    # Start the traceback at the user's function: the frame of call_to_envelope is noise.
+    trace = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
     return {
         "ok": False,
         "exception": exc,
         "type": _describe_type(exc),
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, trace)),
         "exit_code": exit_code,
     }
 

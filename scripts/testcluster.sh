@@ -78,21 +78,29 @@ wait_for() {
   done
 }
 
-pid_alive() { [[ -s $1 ]] && kill -0 "$(<"$1")" 2>/dev/null; }
+# proc_running PID: alive and not a zombie. PID 1 on these machines reaps orphans only every ~2 s,
+# so `kill -0` alone reports a stopped daemon as alive for a while.
+proc_running() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local st
+  st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null) || true
+  [[ $st != Z ]]
+}
+pid_alive() { [[ -s $1 ]] && proc_running "$(<"$1")"; }
 
 # stop_pidfile NAME PIDFILE: TERM the process, wait up to 15 s, then KILL; remove the pid file.
 stop_pidfile() {
   local name=$1 f=$2 pid i
   if ! [[ -s $f ]]; then return 0; fi
   pid=$(<"$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if proc_running "$pid"; then
     say "stopping $name (pid $pid)"
     kill "$pid" 2>/dev/null || true
     for ((i = 0; i < 150; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
+      proc_running "$pid" || break
       sleep 0.1
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if proc_running "$pid"; then
       warn "$name (pid $pid) ignored SIGTERM for 15 s; killing it"
       kill -9 "$pid" 2>/dev/null || true
     fi
@@ -625,21 +633,27 @@ up_sge() {
   say "sge: up"
 }
 
-down_sge() {
+# SGE stops in two halves: qmaster needs ~8 s to shut down, so the rest is stopped meanwhile.
+down_sge_begin() {
   [[ -e $RUN/sge.started ]] || return 0
   local i
   if pid_alive "$EXECD_PID"; then
     say "stopping sge_execd"
     timeout 20 qconf -ke all >/dev/null 2>&1 || true
     for ((i = 0; i < 100; i++)); do pid_alive "$EXECD_PID" || break; sleep 0.1; done
-    pid_alive "$EXECD_PID" && stop_pidfile sge_execd "$EXECD_PID"
+    if pid_alive "$EXECD_PID"; then stop_pidfile sge_execd "$EXECD_PID"; fi
   fi
   if pid_alive "$QMASTER_PID"; then
     say "stopping sge_qmaster"
-    timeout 20 qconf -km >/dev/null 2>&1 || true
-    for ((i = 0; i < 150; i++)); do pid_alive "$QMASTER_PID" || break; sleep 0.1; done
-    pid_alive "$QMASTER_PID" && stop_pidfile sge_qmaster "$QMASTER_PID"
+    timeout 20 qconf -km >/dev/null 2>&1 || kill "$(<"$QMASTER_PID")" 2>/dev/null || true
   fi
+}
+
+down_sge_wait() {
+  [[ -e $RUN/sge.started ]] || return 0
+  local i
+  for ((i = 0; i < 200; i++)); do pid_alive "$QMASTER_PID" || break; sleep 0.1; done
+  if pid_alive "$QMASTER_PID"; then stop_pidfile sge_qmaster "$QMASTER_PID"; fi
   rm -f "$EXECD_PID" "$QMASTER_PID" "$RUN/sge.started"
 }
 
@@ -768,9 +782,10 @@ cmd_up() {
 cmd_down() {
   need_root
   [[ -d $STATE ]] || { say "nothing to stop ($STATE does not exist)"; return 0; }
-  down_sge
+  down_sge_begin
   down_ssh
   down_slurm
+  down_sge_wait
   [[ -f $ENV_FILE ]] && write_env
   say "down"
 }

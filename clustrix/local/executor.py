@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -40,6 +41,7 @@ logger = logging.getLogger("clustrix.local")
 KINDS = ("auto", "processes", "threads", "inline")
 _IN_WORKER_ENV = "CLUSTRIX_IN_JOB"
 _thread_state = threading.local()
+_WHERE = "a local worker process"
 
 
 def in_worker() -> bool:
@@ -116,7 +118,9 @@ class LocalExecutor:
         self._threads: ThreadPoolExecutor | None = None
         # Worker Process objects of each pool, kept to read exit codes after a crash (the pool
         # forgets them when it breaks).
-        self._workers: dict[int, list[multiprocessing.process.BaseProcess]] = {}
+        self._workers: weakref.WeakKeyDictionary[
+            ProcessPoolExecutor, list[multiprocessing.process.BaseProcess]
+        ] = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,8 +156,9 @@ class LocalExecutor:
     def _submit_to_processes(self, *call: Any) -> tuple[ProcessPoolExecutor, Future]:
         pool = self._process_pool()
         inner = pool.submit(*call)
-        if id(pool) not in self._workers:
-            self._workers[id(pool)] = list(getattr(pool, "_processes", {}).values())
+        with self._lock:
+            if pool not in self._workers:
+                self._workers[pool] = list(getattr(pool, "_processes", {}).values())
         return pool, inner
 
     def _forget_broken_pool(self, pool: ProcessPoolExecutor) -> None:
@@ -207,17 +212,21 @@ class LocalExecutor:
         function_bytes = pickle_function(func)
         calls_bytes = pickle_calls(func, [(args, kwargs)])
         if timeout is not None:
-            return self._submit_with_deadline(name, function_bytes, calls_bytes, timeout)
+            return self._submit_with_deadline(func, function_bytes, calls_bytes, timeout)
         future = ClusterFuture(name, "local:processes")
         pool, inner = self._submit_to_processes(
             runner.run_pickled_batch, function_bytes, calls_bytes
         )
         future.bind_cancel(inner.cancel)
-        inner.add_done_callback(lambda done: self._settle_single(done, future, pool))
+        inner.add_done_callback(lambda done: self._settle_single(done, future, pool, func))
         return future
 
     def _settle_single(
-        self, inner: Future, future: ClusterFuture, pool: ProcessPoolExecutor
+        self,
+        inner: Future,
+        future: ClusterFuture,
+        pool: ProcessPoolExecutor,
+        func: Callable[..., Any],
     ) -> None:
         if inner.cancelled():
             Future.cancel(future)
@@ -225,13 +234,15 @@ class LocalExecutor:
         try:
             (envelope,) = cloudpickle.loads(inner.result())
         except BrokenProcessPool:
-            self._forget_broken_pool(pool)
-            _settle(future, (False, self._crash_error(pool, future.name)))
+            _settle(future, (False, self._pool_crashed(pool, future.name)))
             return
-        _settle(future, envelope_outcome(envelope, where="a local worker process"))
+        _settle(future, envelope_outcome(envelope, where=_WHERE, func=func))
 
-    def _crash_error(self, pool: ProcessPoolExecutor, name: str) -> WorkerCrashedError:
-        processes = self._workers.pop(id(pool), [])
+    def _pool_crashed(self, pool: ProcessPoolExecutor, name: str) -> WorkerCrashedError:
+        """Describe a dead worker from its exit code, and start a fresh pool for later calls."""
+        self._forget_broken_pool(pool)
+        with self._lock:
+            processes = self._workers.get(pool, [])
         for process in processes:
             process.join(timeout=1)
         codes = [p.exitcode for p in processes if p.exitcode not in (None, 0, -signal.SIGTERM)]
@@ -251,8 +262,9 @@ class LocalExecutor:
         )
 
     def _submit_with_deadline(
-        self, name: str, function_bytes: bytes, calls_bytes: bytes, timeout: float
+        self, func: Callable[..., Any], function_bytes: bytes, calls_bytes: bytes, timeout: float
     ) -> ClusterFuture:
+        name = function_name(func)
         future = ClusterFuture(name, "local:process")
         context = _process_context()
         receiver, sender = context.Pipe(duplex=False)
@@ -275,7 +287,7 @@ class LocalExecutor:
                 return
             if data is not None:
                 (envelope,) = cloudpickle.loads(data)
-                _settle(future, envelope_outcome(envelope, where="a local worker process"))
+                _settle(future, envelope_outcome(envelope, where=_WHERE, func=func))
             elif not ready:
                 _settle(future, (False, _timeout_error(name, timeout, "its process was stopped")))
             else:
@@ -383,14 +395,13 @@ class LocalExecutor:
                 try:
                     envelopes = cloudpickle.loads(done.result())
                 except BrokenProcessPool:
-                    self._forget_broken_pool(pool)
-                    crash = self._crash_error(pool, function_name(func))
+                    crash = self._pool_crashed(pool, function_name(func))
                     outcomes.extend((False, crash) for _ in batch)
                     if not return_exceptions:
                         return outcomes
                     continue
                 for envelope in envelopes:
-                    outcomes.append(envelope_outcome(envelope, where="a local worker process"))
+                    outcomes.append(envelope_outcome(envelope, where=_WHERE, func=func))
                     if not outcomes[-1][0] and not return_exceptions:
                         return outcomes
             return outcomes

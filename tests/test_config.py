@@ -1,0 +1,331 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import clustrix
+from clustrix import ClusterConfig, ConfigError, configure, get_config, load_config, save_config
+from clustrix.config import FIELD_SPECS, parse_text_value, resolve_config
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def home(isolated_config: Path) -> Path:
+    return isolated_config
+
+
+def test_defaults_run_locally():
+    config = get_config()
+    assert config.cluster_type == "local"
+    assert config.remote_work_dir == "~/clustrix"
+    assert resolve_config().sources["cluster_type"] == "default"
+
+
+def test_precedence_of_every_source(home, monkeypatch):
+    write(
+        home / ".clustrix/config.yaml",
+        "default_cores: 2\ndefault_memory: 2GB\n"
+        "default_time: '00:10:00'\ndefault_queue: userq\nqos: low\n",
+    )
+    write(
+        Path("clustrix.yaml"),
+        "default_memory: 3GB\ndefault_time: '00:20:00'\ndefault_queue: projectq\n",
+    )
+    monkeypatch.setenv("CLUSTRIX_DEFAULT_TIME", "00:30:00")
+    monkeypatch.setenv("CLUSTRIX_DEFAULT_QUEUE", "envq")
+    configure(default_queue="sessionq")
+
+    resolved = resolve_config()
+    config, sources = resolved.config, resolved.sources
+    assert (config.qos, sources["qos"]) == ("low", str(home / ".clustrix/config.yaml"))
+    assert config.default_cores == 2
+    assert (config.default_memory, sources["default_memory"]) == (
+        "3GB",
+        str(Path.cwd() / "clustrix.yaml"),
+    )
+    assert (config.default_time, sources["default_time"]) == ("00:30:00", "environment")
+    assert (config.default_queue, sources["default_queue"]) == ("sessionq", "configure()")
+
+    @clustrix.cluster(queue="decoratorq", cores=3)
+    def f():
+        return 1
+
+    assert f.effective_config().default_queue == "decoratorq"
+    assert f.effective_config().default_cores == 3
+    assert get_config().default_queue == "sessionq", "a decorator never changes the global config"
+
+
+def test_user_file_variants_yml_and_json(home):
+    write(home / ".clustrix/config.json", json.dumps({"default_cores": 7}))
+    assert get_config().default_cores == 7
+    write(home / ".clustrix/config.yml", "default_cores: 6\n")
+    assert get_config().default_cores == 6, ".yml is looked up before .json"
+
+
+def test_project_json_file(home):
+    write(Path("clustrix.json"), '{"max_parallel_jobs": 9}')
+    assert get_config().max_parallel_jobs == 9
+
+
+def test_profiles_from_files_and_selection(home, monkeypatch):
+    write(
+        home / ".clustrix/config.yaml",
+        """
+default_cores: 1
+profiles:
+  gpu:
+    default_partition: gpu
+    default_cores: 8
+  big:
+    default_memory: 64GB
+""",
+    )
+    write(Path("clustrix.yaml"), "profiles:\n  gpu:\n    default_cores: 16\n")
+    assert get_config().default_partition is None
+    gpu = resolve_config("gpu")
+    assert gpu.config.default_partition == "gpu"
+    assert gpu.config.default_cores == 16, "the project file's profile refines the user's"
+    assert gpu.sources["default_cores"].startswith("profile 'gpu'")
+
+    monkeypatch.setenv("CLUSTRIX_PROFILE", "big")
+    assert get_config().default_memory == "64GB"
+
+    @clustrix.cluster(profile="gpu")
+    def f():
+        return 1
+
+    assert f.effective_config().default_partition == "gpu"
+
+    with pytest.raises(ConfigError, match=r"profile 'nope' is not defined .*profiles: big, gpu"):
+        resolve_config("nope")
+
+
+def test_environment_values_are_typed(monkeypatch):
+    monkeypatch.setenv("CLUSTRIX_DEFAULT_CORES", "12")
+    monkeypatch.setenv("CLUSTRIX_CLUSTER_PORT", "2222")
+    monkeypatch.setenv("CLUSTRIX_CLEANUP_ON_SUCCESS", "no")
+    monkeypatch.setenv("CLUSTRIX_AUTO_PARALLEL", "TRUE")
+    monkeypatch.setenv("CLUSTRIX_JOB_POLL_INTERVAL", "0.5")
+    monkeypatch.setenv("CLUSTRIX_MODULE_LOADS", "gcc/12, openmpi/4")
+    monkeypatch.setenv("CLUSTRIX_PRE_EXECUTION_COMMANDS", '["echo a, b", "ulimit -n 4096"]')
+    monkeypatch.setenv("CLUSTRIX_ENVIRONMENT_VARIABLES", "OMP_NUM_THREADS=4,MODE=a=b")
+    monkeypatch.setenv("CLUSTRIX_DEFAULT_PARTITION", "")
+    config = get_config()
+    assert config.default_cores == 12
+    assert config.cluster_port == 2222
+    assert config.cleanup_on_success is False
+    assert config.auto_parallel is True
+    assert config.job_poll_interval == 0.5
+    assert config.module_loads == ("gcc/12", "openmpi/4")
+    assert config.pre_execution_commands == ("echo a, b", "ulimit -n 4096")
+    assert dict(config.environment_variables) == {"OMP_NUM_THREADS": "4", "MODE": "a=b"}
+    assert config.default_partition is None
+
+
+def test_environment_json_object_for_dicts(monkeypatch):
+    monkeypatch.setenv("CLUSTRIX_ENVIRONMENT_VARIABLES", '{"A": "x,y"}')
+    assert dict(get_config().environment_variables) == {"A": "x,y"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "CLUSTRIX_DEFAULT_CORES",
+            "many",
+            "default_cores='many' is not valid: expected an integer",
+        ),
+        ("CLUSTRIX_DEFAULT_CORES", "0", "default_cores=0 is not valid: expected an integer >= 1"),
+        ("CLUSTRIX_AUTO_PARALLEL", "maybe", "auto_parallel='maybe' is not valid: expected one of"),
+        ("CLUSTRIX_CLUSTER_TYPE", "lsf", "expected one of local, slurm, sge, pbs, ssh"),
+        ("CLUSTRIX_ENVIRONMENT_VARIABLES", "A", "KEY=VALUE pairs"),
+    ],
+)
+def test_environment_errors_name_the_variable(monkeypatch, variable, value, expected):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        get_config()
+    assert f"environment variable {variable}" in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_unknown_environment_variable_is_reported_not_swallowed(monkeypatch):
+    monkeypatch.setenv("CLUSTRIX_DEFUALT_CORES", "3")
+    with pytest.warns(
+        UserWarning, match="CLUSTRIX_DEFUALT_CORES; did you mean CLUSTRIX_DEFAULT_CORES"
+    ):
+        get_config()
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (
+            {"cluster_type": "kubernetes"},
+            "cluster_type='kubernetes' is not supported yet; supported: local, slurm, sge, pbs, ssh",
+        ),
+        (
+            {"cluster_type": "lsf"},
+            "cluster_type='lsf' is not valid: expected one of local, slurm, sge, pbs, ssh",
+        ),
+        (
+            {"cluster_port": 70000},
+            "cluster_port=70000 is not valid: expected an integer >= 1 and <= 65535",
+        ),
+        ({"default_cores": 2.5}, "default_cores=2.5 is not valid: expected an integer >= 1"),
+        (
+            {"default_memory": "lots"},
+            "default_memory='lots' is not valid: expected a positive size",
+        ),
+        (
+            {"default_time": "25:61:00"},
+            "default_time='25:61:00' is not valid: expected a positive duration",
+        ),
+        (
+            {"cleanup_on_success": "yes"},
+            "cleanup_on_success='yes' is not valid: expected true or false",
+        ),
+        ({"job_poll_interval": 0}, "job_poll_interval=0 is not valid: expected a number >= 0.05"),
+        ({"module_loads": "gcc"}, "module_loads='gcc' is not valid: expected a list of strings"),
+        ({"environment_variables": {"1A": "x"}}, "expected variable names that are identifiers"),
+        ({"environment_variables": ["A=1"]}, "expected a mapping of names to string values"),
+        (
+            {"cluster_host": ""},
+            "cluster_host='' is not valid: expected a non-empty string, or null",
+        ),
+        ({"local_executor": "gpu"}, "expected one of auto, processes, threads, inline"),
+        (
+            {"defualt_cores": 2},
+            "unknown setting 'defualt_cores' in configure(); did you mean 'default_cores'?",
+        ),
+        ({"cores": 2}, "unknown setting 'cores' in configure(); did you mean 'default_cores'?"),
+        ({"zzz": 2}, "unknown setting 'zzz' in configure(); valid settings: cluster_type, "),
+    ],
+)
+def test_configure_validation_messages(settings, expected):
+    with pytest.raises(ConfigError) as info:
+        configure(**settings)
+    assert expected in str(info.value)
+    assert info.value.field == next(iter(settings))
+    assert get_config() == ClusterConfig(), "a rejected configure() changes nothing"
+
+
+def test_cluster_config_constructor_names_closest_field():
+    with pytest.raises(ConfigError, match="did you mean 'cluster_host'"):
+        ClusterConfig(cluster_hots="x")
+    with pytest.raises(ConfigError, match="default_cores=0"):
+        ClusterConfig(default_cores=0)
+
+
+def test_config_is_frozen():
+    config = configure(environment_variables={"A": "1"})
+    with pytest.raises(AttributeError):
+        config.default_cores = 3
+    with pytest.raises(TypeError, match="read-only"):
+        config.environment_variables["B"] = "2"
+    assert config.replace(default_cores=3).default_cores == 3
+    with pytest.raises(ConfigError, match="did you mean 'default_cores'"):
+        config.replace(default_core=3)
+
+
+def test_configure_accumulates_and_reset_forgets():
+    configure(default_cores=3)
+    configure(default_queue="q")
+    assert (get_config().default_cores, get_config().default_queue) == (3, "q")
+    clustrix.reset_config()
+    assert get_config().default_cores == 1
+
+
+def test_broken_yaml_names_file_and_line(home):
+    path = write(home / ".clustrix/config.yaml", "default_cores: 2\ndefault_memory: 'unclosed\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:3: invalid YAML: found unexpected end"):
+        get_config()
+
+
+def test_broken_json_names_file_and_line():
+    path = write(Path.cwd() / "clustrix.json", '{\n  "default_cores": 2,\n  oops\n}')
+    with pytest.raises(ConfigError, match=rf"^{path}:3: invalid JSON"):
+        get_config()
+
+
+def test_invalid_value_in_file_names_file_line_and_field(home):
+    path = write(home / ".clustrix/config.yaml", "cluster_type: local\n\ndefault_memory: 8XB\n")
+    with pytest.raises(ConfigError) as info:
+        get_config()
+    assert str(info.value).startswith(f"{path}:3: default_memory='8XB' is not valid")
+
+
+def test_unknown_key_in_profile_names_line(home):
+    path = write(home / ".clustrix/config.yaml", "profiles:\n  gpu:\n    partiton: gpu\n")
+    with pytest.raises(ConfigError) as info:
+        get_config()
+    assert str(info.value) == (
+        f"unknown setting 'partiton' in {path}:3; did you mean 'default_partition'?"
+    )
+
+
+def test_non_mapping_file_is_rejected(home):
+    write(home / ".clustrix/config.yaml", "- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping of settings, got list"):
+        get_config()
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_save_and_load_round_trip(tmp_path, suffix):
+    configure(
+        cluster_type="slurm",
+        cluster_host="login.example.edu",
+        username="me",
+        password="s3cret",
+        default_cores=4,
+        module_loads=["gcc/12"],
+        environment_variables={"OMP": "4"},
+        pre_execution_commands=["echo hi"],
+        job_poll_interval=2.5,
+    )
+    original = get_config()
+    path = save_config(tmp_path / f"saved{suffix}")
+    text = path.read_text()
+    assert "s3cret" not in text and "password" not in text
+    assert (path.stat().st_mode & 0o777) == 0o600
+    data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    assert data["module_loads"] == ["gcc/12"]
+
+    clustrix.reset_config()
+    loaded = load_config(path)
+    assert loaded == original.replace(password=None)
+    assert get_config() == loaded
+
+
+def test_password_is_hidden_from_repr():
+    config = ClusterConfig(password="s3cret")
+    assert "s3cret" not in repr(config)
+    assert "s3cret" not in str(config.to_dict())
+
+
+def test_every_field_has_help_and_parses_from_text():
+    samples = {
+        "int": "3",
+        "float": "1.5",
+        "bool": "true",
+        "list": "a,b",
+        "dict": "A=1",
+        "memory": "1GB",
+        "time": "1h",
+        "str": "x",
+        "optional_str": "x",
+    }
+    for name, spec in FIELD_SPECS.items():
+        assert spec.help.endswith("."), name
+        text = spec.choices[0] if spec.kind == "choice" else samples[spec.kind]
+        if name == "job_poll_interval":
+            text = "1.5"
+        parse_text_value(name, text)
