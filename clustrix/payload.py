@@ -100,38 +100,40 @@ def is_picklable_call(
     return None
 
 
-def envelope_outcome(
-    envelope_bytes: bytes, *, where: str, func: Callable[..., Any] | None = None
-) -> tuple[bool, Any]:
-    """Decode an envelope into ``(True, value)`` or ``(False, exception_to_raise)``."""
-    try:
-        envelope = cloudpickle.loads(envelope_bytes)
-    except Exception as exc:
-        return False, SerializationError(f"the result from {where} could not be unpickled: {exc}")
-    if envelope["ok"]:
-        return True, envelope["value"]
-    return False, exception_from_envelope(envelope, where=where, func=func)
+def batch_outcomes(
+    batch_bytes: bytes, *, where: str, func: Callable[..., Any] | None = None
+) -> list[tuple[bool, Any]]:
+    """Decode a result batch into ``(True, value)`` or ``(False, exception_to_raise)`` pairs."""
+    batch = cloudpickle.loads(batch_bytes)
+    host = batch.get("host", "?")
+    return [
+        (True, value)
+        if ok
+        else (False, exception_from_failure(value, host=host, where=where, func=func))
+        for ok, value in batch["outcomes"]
+    ]
 
 
-def exception_from_envelope(
-    envelope: dict[str, Any], *, where: str, func: Callable[..., Any] | None = None
+def exception_from_failure(
+    failure: dict[str, Any], *, host: str, where: str, func: Callable[..., Any] | None = None
 ) -> BaseException:
-    text = envelope["traceback"].rstrip()
+    """The exception to raise for a failed call, with the remote traceback as its cause."""
+    text = failure["traceback"].rstrip()
     if func is not None and "<dynamic-code>" in text:
         text = restore_locations(text, code_files(func))
-    remote_traceback = RemoteTraceback(f"{text}\n(raised on {envelope.get('host', '?')}, {where})")
-    exc = _load_exception(envelope.get("exception"))
+    remote_traceback = RemoteTraceback(f"{text}\n(raised on {host}, {where})")
+    exc = _load_exception(failure.get("exception"))
     if isinstance(exc, SystemExit):
         error: BaseException = WorkerCrashedError(
             f"the function called sys.exit({exc.code!r}) in {where}",
-            exit_code=envelope.get("exit_code"),
-            host=envelope.get("host"),
+            exit_code=failure.get("exit_code"),
+            host=host,
         )
     elif exc is None:
-        if envelope["type"] == "clustrix.SerializationError":
-            error = SerializationError(f"{envelope['message']} (in {where})")
+        if failure["type"] == "clustrix.SerializationError":
+            error = SerializationError(f"{failure['message']} (in {where})")
         else:
-            error = RemoteError(envelope["type"], envelope["message"])
+            error = RemoteError(failure["type"], failure["message"])
     else:
         error = exc
     error.__cause__ = remote_traceback

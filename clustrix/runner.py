@@ -1,15 +1,19 @@
-"""Runs pickled calls and packs their outcome into result envelopes.
+"""Runs pickled calls and packs their outcomes into a result batch.
 
 This file is the part of Clustrix that executes user code, wherever that happens: in a local
 worker process, or (shipped as a single file) on a compute node. It therefore depends on the
 standard library and cloudpickle only, and must never import the rest of ``clustrix``.
 
-An envelope is a plain dict, so that both sides can read it without sharing classes::
+A result batch is plain data, so that both sides can read it without sharing classes::
 
-    {"ok": True, "value": ...}                                    # the call returned
-    {"ok": False, "exception": pickled exc | None, "type": "mod.Name",  # the call raised
-     "message": str, "traceback": str, "exit_code": int | None}
-    common keys: "host", "pid", "started", "finished"
+    {"host": str, "pid": int, "started": float, "finished": float,
+     "outcomes": [(True, value), (False, failure), ...]}    # one per call, in call order
+
+    failure = {"exception": pickled exception | None, "type": "module.Name",
+               "message": str, "traceback": str, "exit_code": int | None}
+
+Exceptions are pickled on their own so that, if a class cannot be rebuilt on the caller's
+side, its name, message and traceback still arrive.
 """
 
 from __future__ import annotations
@@ -30,12 +34,18 @@ def _describe_type(exc: BaseException) -> str:
     return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _pickled_or_none(exc: BaseException) -> bytes | None:
+    try:
+        return cloudpickle.dumps(exc)
+    except Exception:
+        return None
+
+
 def _failure(exc: BaseException, exit_code: int | None = None) -> dict[str, Any]:
-    # Start the traceback at the user's function: the frame of call_to_envelope is noise.
+    # Start the traceback at the user's function: the runner's own frame is noise.
     trace = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
     return {
-        "ok": False,
-        "exception": exc,
+        "exception": _pickled_or_none(exc),
         "type": _describe_type(exc),
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(type(exc), exc, trace)),
@@ -43,48 +53,53 @@ def _failure(exc: BaseException, exit_code: int | None = None) -> dict[str, Any]
     }
 
 
-def call_to_envelope(func: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """Run one call; whatever happens, describe it as an envelope instead of raising."""
+def run_calls(func: Any, calls: list[tuple[tuple, dict]]) -> dict[str, Any]:
+    """Run calls in order; whatever happens, describe each outcome instead of raising."""
     started = time.time()
-    try:
-        envelope: dict[str, Any] = {"ok": True, "value": func(*args, **kwargs)}
-    except SystemExit as exc:
-        # Re-raising SystemExit on the client would end the caller's program; report it instead.
-        code = exc.code if isinstance(exc.code, int) else 1
-        envelope = _failure(exc, exit_code=code)
-    except Exception as exc:
-        envelope = _failure(exc)
-    envelope.update(
-        host=socket.gethostname(), pid=os.getpid(), started=started, finished=time.time()
-    )
-    return envelope
-
-
-def dump_envelope(envelope: dict[str, Any]) -> bytes:
-    """Pickle an envelope so that the caller can always read at least what happened.
-
-    The exception is pickled on its own: if its class cannot be rebuilt on the caller's side,
-    the type name, message and traceback text still arrive.
-    """
-    envelope = dict(envelope)
-    if not envelope["ok"]:
+    outcomes: list[tuple[bool, Any]] = []
+    for args, kwargs in calls:
         try:
-            envelope["exception"] = cloudpickle.dumps(envelope["exception"])
-        except Exception:
-            envelope["exception"] = None
+            outcomes.append((True, func(*args, **kwargs)))
+        except SystemExit as exc:
+            # Re-raising SystemExit on the client would end the caller's program; report it.
+            code = exc.code if isinstance(exc.code, int) else 1
+            outcomes.append((False, _failure(exc, exit_code=code)))
+        except Exception as exc:
+            outcomes.append((False, _failure(exc)))
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": started,
+        "finished": time.time(),
+        "outcomes": outcomes,
+    }
+
+
+def dump_batch(batch: dict[str, Any]) -> bytes:
+    """Pickle a result batch; a return value that will not pickle becomes a failure."""
     try:
-        return cloudpickle.dumps(envelope)
+        return cloudpickle.dumps(batch)
+    except Exception:
+        batch = dict(batch, outcomes=[_picklable_outcome(o) for o in batch["outcomes"]])
+        return cloudpickle.dumps(batch)
+
+
+def _picklable_outcome(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
+    ok, value = outcome
+    if not ok:
+        return outcome
+    try:
+        cloudpickle.dumps(value)
     except Exception as exc:
-        value_type = type(envelope.pop("value")).__name__
-        envelope.update(
-            ok=False,
-            exception=None,
-            type="clustrix.SerializationError",
-            message=f"the function's return value ({value_type}) could not be pickled: {exc}",
-            traceback="",
-            exit_code=None,
-        )
-        return cloudpickle.dumps(envelope)
+        return False, {
+            "exception": None,
+            "type": "clustrix.SerializationError",
+            "message": f"the function's return value ({type(value).__name__}) could not be "
+            f"pickled: {exc}",
+            "traceback": "",
+            "exit_code": None,
+        }
+    return outcome
 
 
 _function_cache: dict[bytes, Any] = {}
@@ -102,10 +117,8 @@ def _load_function(function_bytes: bytes) -> Any:
 
 
 def run_pickled_batch(function_bytes: bytes, calls_bytes: bytes) -> bytes:
-    """Run a batch of ``(args, kwargs)`` pairs with one function; return pickled envelopes.
+    """Run a batch of ``(args, kwargs)`` pairs with one function; return the pickled batch.
 
     Batching lets thousands of tiny calls share one round trip to a worker.
     """
-    func = _load_function(function_bytes)
-    calls = cloudpickle.loads(calls_bytes)
-    return cloudpickle.dumps([dump_envelope(call_to_envelope(func, a, k)) for a, k in calls])
+    return dump_batch(run_calls(_load_function(function_bytes), cloudpickle.loads(calls_bytes)))

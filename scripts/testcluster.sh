@@ -86,14 +86,22 @@ proc_running() {
   st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null) || true
   [[ $st != Z ]]
 }
-pid_alive() { [[ -s $1 ]] && proc_running "$(<"$1")"; }
+# pid_alive PIDFILE [NAME]: the process is running (and, given NAME, is that program: a stale
+# pid file left by a restarted machine may name a pid now used by something else).
+pid_alive() {
+  [[ -s $1 ]] || return 1
+  local pid
+  pid=$(<"$1")
+  [[ $pid =~ ^[0-9]+$ ]] && proc_running "$pid" || return 1
+  [[ -z ${2:-} || $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
+}
 
-# stop_pidfile NAME PIDFILE: TERM the process, wait up to 15 s, then KILL; remove the pid file.
+# stop_pidfile NAME PIDFILE: TERM the process (if it is still program NAME), wait up to 15 s, then KILL; remove the pid file.
 stop_pidfile() {
   local name=$1 f=$2 pid i
   if ! [[ -s $f ]]; then return 0; fi
   pid=$(<"$f")
-  if proc_running "$pid"; then
+  if pid_alive "$f" "$name"; then
     say "stopping $name (pid $pid)"
     kill "$pid" 2>/dev/null || true
     for ((i = 0; i < 150; i++)); do
@@ -193,7 +201,7 @@ MYSQL_SOCK=/run/mysqld/mysqld.sock
 mariadb_ok() { mariadb-admin --socket="$MYSQL_SOCK" -uroot ping >/dev/null 2>&1; }
 
 start_mariadb() {
-  if pid_alive "$RUN/mariadb.pid" || mariadb_ok; then return 0; fi
+  if pid_alive "$RUN/mariadb.pid" mariadbd || mariadb_ok; then return 0; fi
   mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
   if [[ ! -d /var/lib/mysql/mysql ]]; then
     say "initialising the mariadb data folder"
@@ -301,7 +309,7 @@ EOF
 }
 
 slurm_daemons_alive() {
-  pid_alive "$RUN/slurmdbd.pid" && pid_alive "$RUN/slurmctld.pid" && pid_alive "$RUN/slurmd.pid"
+  pid_alive "$RUN/slurmdbd.pid" slurmdbd && pid_alive "$RUN/slurmctld.pid" slurmctld && pid_alive "$RUN/slurmd.pid" slurmd
 }
 slurm_up() { munge_ok && slurm_daemons_alive; }
 
@@ -317,7 +325,7 @@ up_slurm() {
   if slurm_up; then say "slurm: already up"; return 0; fi
   start_munge
   start_mariadb
-  if ! pid_alive "$RUN/slurmdbd.pid"; then
+  if ! pid_alive "$RUN/slurmdbd.pid" slurmdbd; then
     setup_slurm_db
     say "starting slurmdbd"
     /usr/sbin/slurmdbd </dev/null >>"$LOG/slurmdbd.start.log" 2>&1 ||
@@ -328,12 +336,12 @@ up_slurm() {
     sacctmgr -i add cluster clustrix >>"$LOG/sacctmgr.log" 2>&1 ||
       fail "sacctmgr add cluster failed" "$LOG/sacctmgr.log" "$LOG/slurmdbd.log"
   fi
-  if ! pid_alive "$RUN/slurmctld.pid"; then
+  if ! pid_alive "$RUN/slurmctld.pid" slurmctld; then
     say "starting slurmctld"
     /usr/sbin/slurmctld </dev/null >>"$LOG/slurmctld.start.log" 2>&1 ||
       fail "slurmctld did not start" "$LOG/slurmctld.start.log" "$LOG/slurmctld.log"
   fi
-  if ! pid_alive "$RUN/slurmd.pid"; then
+  if ! pid_alive "$RUN/slurmd.pid" slurmd; then
     say "starting slurmd"
     /usr/sbin/slurmd </dev/null >>"$LOG/slurmd.start.log" 2>&1 ||
       fail "slurmd did not start" "$LOG/slurmd.start.log" "$LOG/slurmd.log"
@@ -353,7 +361,7 @@ stop_slurm_daemons() {
 
 down_slurm() {
   stop_slurm_daemons
-  stop_pidfile mariadb "$RUN/mariadb.pid"
+  stop_pidfile mariadbd "$RUN/mariadb.pid"
   stop_pidfile munged "$RUN/munged.pid"
 }
 
@@ -398,7 +406,7 @@ ssh_login() {
     "$TEST_USER@127.0.0.1" "$@" </dev/null
 }
 
-ssh_up() { pid_alive "$RUN/sshd.pid"; }
+ssh_up() { pid_alive "$RUN/sshd.pid" sshd; }
 
 up_ssh() {
   mkdir -p "$SSH_DIR"
@@ -464,7 +472,7 @@ SGE_COMMON=$SGE_ROOT_DIR/$SGE_CELL_NAME/common
 QMASTER_PID=/var/spool/gridengine/qmaster/qmaster.pid   # sge_qmaster ignores SGE_MASTER_PIDFILE
 EXECD_PID=/run/gridengine/execd.pid
 
-sge_up() { pid_alive "$QMASTER_PID" && pid_alive "$EXECD_PID"; }
+sge_up() { pid_alive "$QMASTER_PID" sge_qmaster && pid_alive "$EXECD_PID" sge_execd; }
 sge_answers() { qconf -sh >/dev/null 2>&1; }
 sge_queue_ready() {
   # all.q@HOST is listed and its state column is empty (not unknown/alarm/disabled)
@@ -609,7 +617,7 @@ up_sge() {
   printf '%s localhost\n' "$HOST" | write_if_changed "$SGE_COMMON/host_aliases" 644 || true
   echo "$HOST" | write_if_changed "$SGE_COMMON/act_qmaster" 644 || true
   mkdir -p /run/gridengine && chown sgeadmin:sgeadmin /run/gridengine
-  if ! pid_alive "$QMASTER_PID"; then
+  if ! pid_alive "$QMASTER_PID" sge_qmaster; then
     say "starting sge_qmaster"
     /usr/sbin/sge_qmaster </dev/null >>"$LOG/sge_qmaster.start.log" 2>&1 ||
       fail "sge_qmaster did not start" "$LOG/sge_qmaster.start.log" /var/spool/gridengine/qmaster/messages
@@ -621,7 +629,7 @@ up_sge() {
     say "configuring sge (scheduler, hosts, pe smp, queue all.q)"
     configure_sge
   fi
-  if ! pid_alive "$EXECD_PID"; then
+  if ! pid_alive "$EXECD_PID" sge_execd; then
     say "starting sge_execd"
     mkdir -p /var/spool/gridengine/execd && chown sgeadmin:sgeadmin /var/spool/gridengine/execd
     SGE_EXECD_PIDFILE=$EXECD_PID /usr/sbin/sge_execd </dev/null >>"$LOG/sge_execd.start.log" 2>&1 ||
@@ -637,13 +645,13 @@ up_sge() {
 down_sge_begin() {
   [[ -e $RUN/sge.started ]] || return 0
   local i
-  if pid_alive "$EXECD_PID"; then
+  if pid_alive "$EXECD_PID" sge_execd; then
     say "stopping sge_execd"
     timeout 20 qconf -ke all >/dev/null 2>&1 || true
-    for ((i = 0; i < 100; i++)); do pid_alive "$EXECD_PID" || break; sleep 0.1; done
-    if pid_alive "$EXECD_PID"; then stop_pidfile sge_execd "$EXECD_PID"; fi
+    for ((i = 0; i < 100; i++)); do pid_alive "$EXECD_PID" sge_execd || break; sleep 0.1; done
+    if pid_alive "$EXECD_PID" sge_execd; then stop_pidfile sge_execd "$EXECD_PID"; fi
   fi
-  if pid_alive "$QMASTER_PID"; then
+  if pid_alive "$QMASTER_PID" sge_qmaster; then
     say "stopping sge_qmaster"
     timeout 20 qconf -km >/dev/null 2>&1 || kill "$(<"$QMASTER_PID")" 2>/dev/null || true
   fi
@@ -652,8 +660,8 @@ down_sge_begin() {
 down_sge_wait() {
   [[ -e $RUN/sge.started ]] || return 0
   local i
-  for ((i = 0; i < 200; i++)); do pid_alive "$QMASTER_PID" || break; sleep 0.1; done
-  if pid_alive "$QMASTER_PID"; then stop_pidfile sge_qmaster "$QMASTER_PID"; fi
+  for ((i = 0; i < 200; i++)); do pid_alive "$QMASTER_PID" sge_qmaster || break; sleep 0.1; done
+  if pid_alive "$QMASTER_PID" sge_qmaster; then stop_pidfile sge_qmaster "$QMASTER_PID"; fi
   rm -f "$EXECD_PID" "$QMASTER_PID" "$RUN/sge.started"
 }
 

@@ -22,14 +22,12 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-import cloudpickle
-
 from .. import runner
 from ..errors import ConfigError, JobTimeoutError, WorkerCrashedError
 from ..futures import ClusterFuture, add_note, resolved
 from ..payload import (
     CallArgs,
-    envelope_outcome,
+    batch_outcomes,
     function_name,
     is_picklable_call,
     pickle_calls,
@@ -232,11 +230,10 @@ class LocalExecutor:
             Future.cancel(future)
             return
         try:
-            (envelope,) = cloudpickle.loads(inner.result())
+            (outcome,) = batch_outcomes(inner.result(), where=_WHERE, func=func)
         except BrokenProcessPool:
-            _settle(future, (False, self._pool_crashed(pool, future.name)))
-            return
-        _settle(future, envelope_outcome(envelope, where=_WHERE, func=func))
+            outcome = (False, self._pool_crashed(pool, future.name))
+        _settle(future, outcome)
 
     def _pool_crashed(self, pool: ProcessPoolExecutor, name: str) -> WorkerCrashedError:
         """Describe a dead worker from its exit code, and start a fresh pool for later calls."""
@@ -286,8 +283,8 @@ class LocalExecutor:
             if future.cancelled():
                 return
             if data is not None:
-                (envelope,) = cloudpickle.loads(data)
-                _settle(future, envelope_outcome(envelope, where=_WHERE, func=func))
+                (outcome,) = batch_outcomes(data, where=_WHERE, func=func)
+                _settle(future, outcome)
             elif not ready:
                 _settle(future, (False, _timeout_error(name, timeout, "its process was stopped")))
             else:
@@ -393,16 +390,16 @@ class LocalExecutor:
         try:
             for batch, done in zip(batches, inner, strict=True):
                 try:
-                    envelopes = cloudpickle.loads(done.result())
+                    batch_results = batch_outcomes(done.result(), where=_WHERE, func=func)
                 except BrokenProcessPool:
                     crash = self._pool_crashed(pool, function_name(func))
                     outcomes.extend((False, crash) for _ in batch)
                     if not return_exceptions:
                         return outcomes
                     continue
-                for envelope in envelopes:
-                    outcomes.append(envelope_outcome(envelope, where=_WHERE, func=func))
-                    if not outcomes[-1][0] and not return_exceptions:
+                for outcome in batch_results:
+                    outcomes.append(outcome)
+                    if not outcome[0] and not return_exceptions:
                         return outcomes
             return outcomes
         finally:
