@@ -270,12 +270,12 @@ def test_future_callbacks_and_cancel_of_pending_work():
         time.sleep(0.01)
     assert seen == [9]
 
-    # Fill both workers, then cancel a call that is still queued behind them.
-    blockers = [sleep_then_return.submit(1.0, i) for i in range(4)]
+    # Fill both workers and the pool's small hand-over queue, then cancel a call still waiting.
+    blockers = [sleep_then_return.submit(0.5, i) for i in range(8)]
     queued = sleep_then_return.submit(0, "never")
     assert queued.cancel() is True
     assert queued.cancelled()
-    assert [b.result(timeout=60) for b in blockers] == [0, 1, 2, 3]
+    assert [b.result(timeout=60) for b in blockers] == list(range(8))
 
 
 def test_map_keeps_input_order_and_zips_iterables():
