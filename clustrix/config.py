@@ -41,7 +41,7 @@ ENV_PREFIX = "CLUSTRIX_"
 PROFILE_ENV = "CLUSTRIX_PROFILE"
 # CLUSTRIX_* variables that are not settings, so they are not reported as typos.
 NON_FIELD_ENV = {PROFILE_ENV, "CLUSTRIX_REQUIRE_CLUSTER", "CLUSTRIX_IN_JOB"}
-NON_FIELD_ENV_PREFIXES = ("CLUSTRIX_TEST_",)
+NON_FIELD_ENV_PREFIXES = ("CLUSTRIX_TEST",)
 
 # Names people naturally write for a field, so errors can point at the real one.
 _ALIASES = {
@@ -71,6 +71,7 @@ class FieldSpec:
     minimum: float | None = None
     maximum: float | None = None
     secret: bool = False
+    nullable: bool = False  # for int settings whose absence means "ask someone else"
 
 
 FIELD_SPECS: dict[str, FieldSpec] = {
@@ -82,11 +83,27 @@ FIELD_SPECS: dict[str, FieldSpec] = {
     "cluster_host": FieldSpec(
         "optional_str", "Login node or SSH host (a ~/.ssh/config alias works)."
     ),
-    "cluster_port": FieldSpec("int", "SSH port of cluster_host.", minimum=1, maximum=65535),
+    "cluster_port": FieldSpec(
+        "int",
+        "SSH port of cluster_host; default: ~/.ssh/config, else 22.",
+        minimum=1,
+        maximum=65535,
+        nullable=True,
+    ),
     "username": FieldSpec(
         "optional_str", "SSH user name; defaults to ~/.ssh/config or the local user."
     ),
     "key_file": FieldSpec("optional_str", "Private key file for SSH ('~' is expanded)."),
+    "host_key_policy": FieldSpec(
+        "choice",
+        "What to do with a host key missing from known_hosts: refuse it (strict), or record "
+        "it and connect (accept-new). A changed key is always refused.",
+        choices=("strict", "accept-new"),
+    ),
+    "known_hosts_file": FieldSpec(
+        "optional_str",
+        "known_hosts file to verify and record host keys (default ~/.ssh/known_hosts).",
+    ),
     "password": FieldSpec(
         "optional_str", "SSH password; prefer keys. Never written by save_config.", secret=True
     ),
@@ -126,6 +143,12 @@ FIELD_SPECS: dict[str, FieldSpec] = {
         "processes, threads, or inline (in the caller, for debugging).",
         choices=LOCAL_EXECUTORS,
     ),
+    "cancel_on_interrupt": FieldSpec(
+        "bool", "Cancel the remote job when Ctrl-C interrupts a call waiting for it."
+    ),
+    "echo_job_output": FieldSpec(
+        "bool", "Print a remote job's stdout and stderr locally when it finishes."
+    ),
     "environment_variables": FieldSpec("dict", "Variables exported in every job script."),
     "module_loads": FieldSpec("list", "Environment modules loaded in every job script."),
     "pre_execution_commands": FieldSpec("list", "Shell commands run before every job."),
@@ -138,9 +161,11 @@ class ClusterConfig:
 
     cluster_type: str = "local"
     cluster_host: str | None = None
-    cluster_port: int = 22
+    cluster_port: int | None = None
     username: str | None = None
     key_file: str | None = None
+    host_key_policy: str = "strict"
+    known_hosts_file: str | None = None
     password: str | None = field(default=None, repr=False)
     default_cores: int = 1
     default_memory: str = "4GB"
@@ -159,6 +184,8 @@ class ClusterConfig:
     prefer_local_parallel: bool = False
     local_parallel_threshold: float = 0.1
     local_executor: str = "auto"
+    cancel_on_interrupt: bool = True
+    echo_job_output: bool = False
     environment_variables: Mapping[str, str] = field(default_factory=dict)
     module_loads: tuple[str, ...] = ()
     pre_execution_commands: tuple[str, ...] = ()
@@ -267,6 +294,8 @@ def validate_value(name: str, value: Any) -> Any:
             raise _invalid(name, value, "true or false")
         return value
     if kind in ("int", "float"):
+        if value is None and spec.nullable:
+            return None
         return _validate_number(name, value, spec)
     if kind == "memory":
         parse_memory(value, field=name)
@@ -336,7 +365,9 @@ def parse_text_value(name: str, text: str) -> Any:
     spec = FIELD_SPECS[name]
     stripped = text.strip()
     value: Any = stripped
-    if spec.kind == "int":
+    if spec.kind == "int" and spec.nullable and not stripped:
+        value = None
+    elif spec.kind == "int":
         try:
             value = int(stripped)
         except ValueError:

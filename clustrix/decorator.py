@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
 from .config import ClusterConfig, resolve_config
-from .errors import BackendUnavailableError, ConfigError, WorkerCrashedError
-from .futures import ClusterFuture
+from .errors import ConfigError, WorkerCrashedError
+from .futures import ClusterFuture, add_note
 from .local import KINDS, LocalExecutor, available_cores, in_worker, shared_executor
+from .payload import pickling_for_remote
+from .remote import backend_for
 from .resources import Resources
 
 logger = logging.getLogger("clustrix")
@@ -149,6 +152,9 @@ class ClusterFunction:
         return bound
 
     def __reduce__(self) -> Any:
+        if pickling_for_remote():
+            # Rebuilt with a stdlib callable, so the job side needs no Clustrix.
+            return operator.itemgetter(0), ((self.__wrapped__,),)
         # Importable by name (a module-level function): pickle a reference, as for any function.
         # Otherwise (closures, __main__ under cloudpickle) rebuild from the wrapped function.
         module = getattr(self, "__module__", None)
@@ -199,13 +205,19 @@ class ClusterFunction:
         )
 
     def _local_executor(self, config: ClusterConfig) -> LocalExecutor:
-        if config.cluster_type != "local":
-            raise BackendUnavailableError(
-                f"cluster_type={config.cluster_type!r} is configured, but this version of "
-                "Clustrix runs calls on the local machine only; set cluster_type='local'"
-            )
         workers = min(available_cores(), config.max_parallel_jobs)
         return shared_executor(workers, config.local_executor)
+
+    def _submit_remote(self, config: ClusterConfig, args: tuple, kwargs: dict) -> ClusterFuture:
+        return backend_for(config).submit(
+            self.__wrapped__,
+            args,
+            kwargs,
+            config=config,
+            resources=self.resources(config),
+            environment=self.environment,
+            options=self.scheduler_options,
+        )
 
     # ------------------------------------------------------------------ calling
 
@@ -214,7 +226,8 @@ class ClusterFunction:
         try:
             return future.result()
         except KeyboardInterrupt:
-            future.cancel()
+            if self.effective_config().cancel_on_interrupt:
+                future.cancel()
             raise
 
     def submit(self, *args: Any, **kwargs: Any) -> ClusterFuture:
@@ -224,12 +237,17 @@ class ClusterFunction:
             # Already inside a call Clustrix runs: nesting another pool would oversubscribe.
             return LocalExecutor(kind="inline").submit_call(func, args, kwargs)
         config = self.effective_config()
-        executor = self._local_executor(config)
-        if self.retries == 0:
-            return executor.submit_call(func, args, kwargs, timeout=self.timeout)
-        return _with_retries(
-            lambda: executor.submit_call(func, args, kwargs, timeout=self.timeout), self.retries
-        )
+        if config.cluster_type == "local":
+            executor = self._local_executor(config)
+
+            def start() -> ClusterFuture:
+                return executor.submit_call(func, args, kwargs, timeout=self.timeout)
+        else:
+
+            def start() -> ClusterFuture:
+                return self._submit_remote(config, args, kwargs)
+
+        return start() if self.retries == 0 else _with_retries(start, self.retries)
 
     def map(
         self,
@@ -247,10 +265,33 @@ class ClusterFunction:
         if in_worker():
             executor = LocalExecutor(kind="inline")
         else:
-            executor = self._local_executor(self.effective_config())
+            config = self.effective_config()
+            if config.cluster_type != "local":
+                return self._map_remote(
+                    config, zip(iterable, *iterables, strict=False), return_exceptions
+                )
+            executor = self._local_executor(config)
         return executor.map(
             func, iterable, *iterables, chunksize=chunksize, return_exceptions=return_exceptions
         )
+
+    def _map_remote(
+        self, config: ClusterConfig, items: Iterable[tuple], return_exceptions: bool
+    ) -> list[Any]:
+        futures = [self._submit_remote(config, tuple(item), {}) for item in items]
+        results = []
+        try:
+            for index, future in enumerate(futures):
+                error = future.exception()
+                if error is not None and not return_exceptions:
+                    add_note(error, f"(raised by item {index} of the map)")
+                    raise error
+                results.append(error if error is not None else future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return results
 
 
 def _rebuild(func: Callable[..., Any], arguments: dict[str, Any]) -> ClusterFunction:

@@ -106,3 +106,67 @@ class RemoteError(ClustrixError):
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
         self.remote_message = message
+
+
+class CommandError(ClustrixError):
+    """A shell command Clustrix ran (locally or over SSH) failed."""
+
+    def __init__(self, command: str, exit_code: int, stdout: str, stderr: str, where: str) -> None:
+        output = (stderr.strip() or stdout.strip())[-2000:]
+        super().__init__(
+            f"command failed on {where} with exit code {exit_code}: {command}"
+            + (f"\n{output}" if output else "")
+        )
+        self.command = command
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        self.where = where
+
+
+class ConnectionFailedError(ClustrixError):
+    """The remote host could not be reached (DNS, refused, timed out, dropped)."""
+
+
+class AuthenticationError(ClustrixError):
+    """The SSH server refused every credential offered."""
+
+
+class HostKeyError(ClustrixError):
+    """The SSH server's host key is unknown or does not match known_hosts."""
+
+    def __init__(self, message: str, *, host: str, fingerprint: str) -> None:
+        super().__init__(message)
+        self.host = host
+        self.fingerprint = fingerprint
+
+
+class JobCancelledError(JobFailedError):
+    """The job was cancelled (by ``future.cancel()``, Ctrl-C, ``scancel`` or an administrator)."""
+
+
+class JobOutOfMemoryError(JobFailedError):
+    """The job used more memory than it asked for and was killed; ask for more ``memory``."""
+
+
+class NodeFailureError(JobFailedError):
+    """The node running the job failed; ``retries=N`` resubmits such jobs automatically."""
+
+
+class EnvironmentSetupError(JobFailedError):
+    """The Python environment for the job could not be created on the cluster."""
+
+
+class VersionMismatchError(JobFailedError):
+    """The job's Python or cloudpickle cannot read what the client sent."""
+
+
+class PayloadError(JobFailedError):
+    """The job could not load the function or its arguments (a module missing there, say)."""
+
+
+# Failure kinds the runner reports by name, because it cannot import this module.
+RUNNER_FAILURES: dict[str, type[JobFailedError]] = {
+    "clustrix.VersionMismatchError": VersionMismatchError,
+    "clustrix.PayloadError": PayloadError,
+}

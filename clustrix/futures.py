@@ -12,6 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from .errors import ClustrixError
+
 
 class ClusterFuture(Future):
     """A ``Future`` whose ``cancel()`` also cancels the job behind it."""
@@ -21,11 +23,38 @@ class ClusterFuture(Future):
         self.name = name
         self.backend = backend
         self.attempts = 1
+        #: Clustrix's id of a remote job, the scheduler's id, and the job's folder there.
+        self.job_id: str | None = None
+        self.scheduler_id: str | None = None
+        self.remote_folder: str | None = None
+        #: For remote jobs: which environment ran the call and whether it had to be built.
+        self.environment: Any = None
         self._cancel_job: Callable[[], bool] | None = None
+        self._read_log: Callable[[str], str] | None = None
 
     def bind_cancel(self, cancel_job: Callable[[], bool]) -> None:
         """Set how to cancel the underlying work; it returns False once that is too late."""
         self._cancel_job = cancel_job
+
+    def bind_logs(self, read_log: Callable[[str], str]) -> None:
+        """Set how to read the job's ``"stdout"`` or ``"stderr"``."""
+        self._read_log = read_log
+
+    def stdout(self) -> str:
+        """What the job printed to stdout so far (all of it once it finished)."""
+        return self._log("stdout")
+
+    def stderr(self) -> str:
+        """What the job printed to stderr so far (all of it once it finished)."""
+        return self._log("stderr")
+
+    def _log(self, stream: str) -> str:
+        if self._read_log is None:
+            raise ClustrixError(
+                f"{self.name} ran on {self.backend}: local calls print to this process's own "
+                f"{stream}, which Clustrix does not capture"
+            )
+        return self._read_log(stream)
 
     def cancel(self) -> bool:
         if self.done():

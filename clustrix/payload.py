@@ -8,16 +8,44 @@ attached as its cause.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cloudpickle
 
-from .errors import RemoteError, RemoteTraceback, SerializationError, WorkerCrashedError
+from .errors import (
+    RUNNER_FAILURES,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    WorkerCrashedError,
+)
 from .tracebacks import code_files, restore_locations
 
 CallArgs = tuple[tuple[Any, ...], dict[str, Any]]
+
+_pickling = threading.local()
+
+
+@contextlib.contextmanager
+def pickling_for_remote_job() -> Iterator[None]:
+    """While active, decorated functions pickle as their plain function.
+
+    Inside a job, nested decorated calls run inline anyway; pickling them plainly means the
+    remote side never needs Clustrix itself installed.
+    """
+    _pickling.remote = True
+    try:
+        yield
+    finally:
+        _pickling.remote = False
+
+
+def pickling_for_remote() -> bool:
+    return getattr(_pickling, "remote", False)
 
 
 def function_name(func: Callable[..., Any]) -> str:
@@ -132,6 +160,10 @@ def exception_from_failure(
     elif exc is None:
         if failure["type"] == "clustrix.SerializationError":
             error = SerializationError(f"{failure['message']} (in {where})")
+        elif failure["type"] in RUNNER_FAILURES:
+            error = RUNNER_FAILURES[failure["type"]](
+                f"{failure['message']} (in {where})", state="FAILED", host=host
+            )
         else:
             error = RemoteError(failure["type"], failure["message"])
     else:

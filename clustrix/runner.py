@@ -14,19 +14,29 @@ A result batch is plain data, so that both sides can read it without sharing cla
 
 Exceptions are pickled on their own so that, if a class cannot be rebuilt on the caller's
 side, its name, message and traceback still arrive.
+
+On a cluster this file is run as ``python runner.py JOB_DIR [TASK]``. The job folder holds
+``job.json`` (the client's versions), ``function.pkl`` and ``calls-TASK.pkl``; the runner
+writes ``result-TASK.pkl``. Versions are compared before anything is unpickled, so a mismatch
+is reported as such instead of as an obscure unpickling error.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import socket
+import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
-ENVELOPE_VERSION = 1
+try:
+    import cloudpickle
+except ImportError:  # reported by main() as an environment problem, with the interpreter used
+    cloudpickle = None  # type: ignore[assignment]
 
 
 def _describe_type(exc: BaseException) -> str:
@@ -122,3 +132,93 @@ def run_pickled_batch(function_bytes: bytes, calls_bytes: bytes) -> bytes:
     Batching lets thousands of tiny calls share one round trip to a worker.
     """
     return dump_batch(run_calls(_load_function(function_bytes), cloudpickle.loads(calls_bytes)))
+
+
+# --------------------------------------------------------------------------- as a script
+
+
+def version_problem(expected: dict[str, str]) -> str | None:
+    """Why this interpreter cannot run a payload pickled by the client, or None if it can.
+
+    Functions travel as bytecode, which changes between Python minor versions; cloudpickle's
+    format may change between its minor versions.
+    """
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if cloudpickle is None:
+        return (
+            f"cloudpickle is not installed for {sys.executable} (Python {here}); the client "
+            f"uses cloudpickle {expected['cloudpickle']}"
+        )
+    if expected["python"] != here:
+        return (
+            f"the client runs Python {expected['python']} but the job runs Python {here} "
+            f"({sys.executable}); functions can only be sent between equal minor versions"
+        )
+    ours = ".".join(cloudpickle.__version__.split(".")[:2])
+    theirs = ".".join(expected["cloudpickle"].split(".")[:2])
+    if ours != theirs:
+        return (
+            f"the client uses cloudpickle {expected['cloudpickle']} but the job has "
+            f"cloudpickle {cloudpickle.__version__} ({sys.executable})"
+        )
+    return None
+
+
+def _setup_failure(message: str, kind: str, trace: str = "") -> bytes:
+    failure = {
+        "exception": None,
+        "type": kind,
+        "message": message,
+        "traceback": trace,
+        "exit_code": None,
+    }
+    batch = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.time(),
+        "finished": time.time(),
+        "outcomes": [(False, failure)],
+    }
+    return pickle.dumps(batch, protocol=4)  # plain data: readable without cloudpickle
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (1, 2):
+        print("usage: runner.py JOB_DIR [TASK]", file=sys.stderr)
+        return 2
+    job_dir = Path(argv[0])
+    task = int(argv[1]) if len(argv) == 2 else 0
+    result_path = job_dir / f"result-{task}.pkl"
+    expected = json.loads((job_dir / "job.json").read_text())["versions"]
+    problem = version_problem(expected)
+    if problem is not None:
+        _write_atomically(result_path, _setup_failure(problem, "clustrix.VersionMismatchError"))
+        print(f"clustrix runner: {problem}", file=sys.stderr)
+        return 3
+    os.environ["CLUSTRIX_IN_JOB"] = "1"
+    function_bytes = (job_dir / "function.pkl").read_bytes()
+    calls_bytes = (job_dir / f"calls-{task}.pkl").read_bytes()
+    try:
+        data = run_pickled_batch(function_bytes, calls_bytes)
+    except Exception as exc:  # unpickling failed: a module missing in this environment, say
+        message = f"could not load the function or its arguments: {type(exc).__name__}: {exc}"
+        data = _setup_failure(message, "clustrix.PayloadError", traceback.format_exc())
+        print(f"clustrix runner: {message}", file=sys.stderr)
+        _write_atomically(result_path, data)
+        return 4
+    _write_atomically(result_path, data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -19,7 +19,7 @@ def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(work)
     for name in list(os.environ):
-        if name.startswith("CLUSTRIX_") and not name.startswith("CLUSTRIX_TEST_"):
+        if name.startswith("CLUSTRIX_") and not name.startswith("CLUSTRIX_TEST"):
             monkeypatch.delenv(name)
     clustrix.reset_config()
     yield home

@@ -1,0 +1,330 @@
+"""Which Python environment a remote call needs, and how to build it there once.
+
+``environment="auto"`` (the default) looks at what the call really uses: the modules its code
+imports or refers to, and every module the pickled payload names (a numpy array argument names
+numpy). Installed distributions among them are pinned to the client's versions; the user's own
+local modules, which no package index has, travel inside the payload by value instead.
+
+The environment is identified by a key, a hash of the Python version and the requirement set,
+and built under ``remote_work_dir/envs/<key>`` by a script that takes a lock, so concurrent jobs
+never build it twice and every later job reuses it.
+"""
+
+from __future__ import annotations
+
+import dis
+import functools
+import hashlib
+import importlib.metadata
+import json
+import pickletools
+import shlex
+import sys
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from .errors import ConfigError
+
+# Never installed from an index: the runner needs only cloudpickle, and clustrix objects are
+# unwrapped before they travel.
+_NEVER_INSTALL = {"__main__", "builtins", "clustrix", "cloudpickle", "_pytest", "pytest"}
+
+
+@dataclass(frozen=True)
+class EnvironmentPlan:
+    """What the job script must do to get a Python that can run the call."""
+
+    requirements: tuple[str, ...]  # pinned requirement strings, for a venv built remotely
+    key: str | None  # None when an existing interpreter is used
+    python: str | None = None  # an existing interpreter (python_executable)
+    conda_env: str | None = None
+
+    @property
+    def builds_venv(self) -> bool:
+        return self.key is not None
+
+
+def python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def environment_key(requirements: Iterable[str]) -> str:
+    text = python_version() + "\n" + "\n".join(sorted(set(requirements)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- module discovery
+
+
+def _top(name: str | None) -> str | None:
+    return name.partition(".")[0] if name else None
+
+
+def _walk_code(code: types.CodeType) -> Iterable[types.CodeType]:
+    yield code
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            yield from _walk_code(constant)
+
+
+def _module_of(value: Any) -> str | None:
+    if isinstance(value, types.ModuleType):
+        return value.__name__
+    module = getattr(value, "__module__", None)
+    if isinstance(module, str):
+        return module
+    return type(value).__module__
+
+
+def modules_used_by(func: Callable[..., Any], limit: int = 500) -> set[str]:
+    """Module names a function imports or refers to, following the functions it calls."""
+    found: set[str] = set()
+    pending: list[Any] = [func]
+    seen: set[int] = set()
+    while pending and len(seen) < limit:
+        item = pending.pop()
+        item = getattr(item, "__wrapped__", item)
+        code = getattr(item, "__code__", None)
+        if code is None or id(code) in seen:
+            continue
+        seen.add(id(code))
+        found.add(getattr(item, "__module__", None) or "__main__")
+        namespace = getattr(item, "__globals__", {})
+        cells = [c.cell_contents for c in (getattr(item, "__closure__", None) or ()) if _filled(c)]
+        for nested in _walk_code(code):
+            for instruction in dis.get_instructions(nested):
+                if instruction.opname == "IMPORT_NAME":
+                    found.add(instruction.argval)
+            for name in nested.co_names:
+                if name in namespace:
+                    cells.append(namespace[name])
+        for value in cells:
+            module = _module_of(value)
+            if module:
+                found.add(module)
+            if isinstance(value, (types.FunctionType, types.MethodType)) or hasattr(
+                value, "__wrapped__"
+            ):
+                pending.append(value)
+    return {m for m in found if m}
+
+
+def _filled(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - probing an empty cell raises
+    except ValueError:
+        return False
+    return True
+
+
+def modules_named_in_pickle(data: bytes) -> set[str]:
+    """Modules a pickle will import when loaded, read from its opcodes without loading it."""
+    modules: set[str] = set()
+    strings: list[str] = []
+    memo: dict[int, Any] = {}
+    for opcode, argument, _ in pickletools.genops(data):
+        name = opcode.name
+        if name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+            strings.append(argument)
+        elif name == "MEMOIZE":
+            memo[len(memo)] = strings[-1] if strings else None
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            value = memo.get(int(argument))
+            if isinstance(value, str):
+                strings.append(value)
+        elif name == "STACK_GLOBAL" and len(strings) >= 2:
+            modules.add(strings[-2])
+        elif name in ("GLOBAL", "INST") and isinstance(argument, str):
+            modules.add(argument.split(" ")[0])
+    return modules
+
+
+# --------------------------------------------------------------------------- distributions
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions_by_module() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+@functools.lru_cache(maxsize=256)
+def _is_local_distribution(distribution: str) -> bool:
+    """Installed from a folder (``pip install -e .``): no index has it, ship it by value."""
+    try:
+        text = importlib.metadata.distribution(distribution).read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return True
+    if not text:
+        return False
+    return "dir_info" in json.loads(text)
+
+
+def _is_stdlib(module: str) -> bool:
+    return module in sys.stdlib_module_names or module in sys.builtin_module_names
+
+
+def classify_modules(modules: Iterable[str]) -> tuple[dict[str, str], set[str]]:
+    """Split top-level modules into ``{distribution: version}`` to install and local ones."""
+    install: dict[str, str] = {}
+    local: set[str] = set()
+    for module in {_top(m) for m in modules}:
+        if not module or module in _NEVER_INSTALL or _is_stdlib(module):
+            continue
+        distributions = _distributions_by_module().get(module, [])
+        if not distributions:
+            if module in sys.modules:
+                local.add(module)
+            continue
+        for distribution in distributions:
+            if _is_local_distribution(distribution):
+                local.add(module)
+            else:
+                install[distribution] = importlib.metadata.version(distribution)
+    return install, local
+
+
+def ship_by_value(modules: Iterable[str]) -> None:
+    """Make cloudpickle embed these (local, uninstallable) modules' code in payloads."""
+    for name in modules:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            cloudpickle.register_pickle_by_value(module)
+
+
+def runner_requirement() -> str:
+    return f"cloudpickle=={cloudpickle.__version__}"
+
+
+def read_requirements_file(path: Path) -> list[str]:
+    """Requirement lines of a requirements file; comments and blank lines dropped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(
+            f"environment={str(path)!r}: cannot read requirements file: {exc.strerror}",
+            field="environment",
+            value=str(path),
+        ) from None
+    return [
+        line.split(" #")[0].strip()
+        for line in lines
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def explicit_requirements(environment: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Requirements from a list, or from a requirements file named by a string."""
+    if isinstance(environment, str):
+        return read_requirements_file(Path(environment).expanduser())
+    return list(environment)
+
+
+def with_runner_requirement(requirements: Iterable[str]) -> tuple[str, ...]:
+    requirements = list(requirements)
+    if not any(r.replace(" ", "").lower().startswith("cloudpickle") for r in requirements):
+        requirements.append(runner_requirement())
+    return tuple(sorted(set(requirements)))
+
+
+# --------------------------------------------------------------------------- the remote build
+
+
+def bootstrap_script(env_dir: str, requirements: tuple[str, ...], setup_lines: list[str]) -> str:
+    """Shell script that builds the venv at ``env_dir`` unless it is ready; prints BUILT/REUSED.
+
+    It runs on the login node (which, unlike compute nodes, usually reaches a package index),
+    under ``flock`` so that concurrent jobs wait for one build instead of racing.
+    """
+    quoted_env = shlex.quote(env_dir)
+    wanted = shlex.quote(python_version())
+    requirement_lines = "\n".join(requirements)
+    return "\n".join(
+        [
+            "set -u",
+            *setup_lines,
+            f"env_dir={quoted_env}",
+            'log="$env_dir.log"',
+            'mkdir -p -m 700 "$(dirname "$env_dir")"',
+            'if [ -e "$env_dir/.clustrix-ready" ]; then echo REUSED; exit 0; fi',
+            'exec 9>"$env_dir.lock"',
+            "if ! flock -w 1800 9; then",
+            '  echo "timed out waiting for $env_dir.lock" >&2; exit 98',
+            "fi",
+            'if [ -e "$env_dir/.clustrix-ready" ]; then echo REUSED; exit 0; fi',
+            "python=",
+            f"for candidate in python{python_version()} python3 python; do",
+            '  if command -v "$candidate" >/dev/null 2>&1 && [ "$("$candidate" -c '
+            '\'import sys; print("%d.%d" % sys.version_info[:2])\')" = ' + wanted + " ]; then",
+            '    python=$(command -v "$candidate"); break',
+            "  fi",
+            "done",
+            'if [ -z "$python" ]; then',
+            f'  echo "no Python {python_version()} found on PATH (the client runs '
+            f'{python_version()}); load one with module_loads or set python_executable" >&2',
+            "  exit 97",
+            "fi",
+            'rm -rf "$env_dir"',
+            "{",
+            '  echo "building $env_dir with $python"',
+            "  cat > \"$env_dir.requirements.txt\" <<'CLUSTRIX_REQUIREMENTS'",
+            requirement_lines,
+            "CLUSTRIX_REQUIREMENTS",
+            "  if command -v uv >/dev/null 2>&1; then",
+            '    uv venv --python "$python" "$env_dir" &&'
+            ' uv pip install --python "$env_dir/bin/python" -r "$env_dir.requirements.txt"',
+            "  else",
+            '    "$python" -m venv "$env_dir" &&'
+            ' "$env_dir/bin/python" -m pip install --disable-pip-version-check -q'
+            ' -r "$env_dir.requirements.txt"',
+            "  fi",
+            '} > "$log" 2>&1',
+            "status=$?",
+            'if [ "$status" -ne 0 ]; then tail -n 40 "$log" >&2; rm -rf "$env_dir"; exit 96; fi',
+            'date -u +%FT%TZ > "$env_dir/.clustrix-ready"',
+            "echo BUILT",
+        ]
+    )
+
+
+def plan_environment(
+    func: Callable[..., Any],
+    environment: str | list[str] | tuple[str, ...] | None,
+    *,
+    python_executable: str | None,
+    conda_env_name: str | None,
+    payloads: Iterable[bytes],
+) -> EnvironmentPlan:
+    """Decide how the job gets its Python: an existing one, or a venv built from requirements."""
+    if python_executable:
+        return EnvironmentPlan((), None, python=python_executable)
+    if conda_env_name:
+        return EnvironmentPlan((), None, conda_env=conda_env_name)
+    if environment in (None, "auto"):
+        modules = modules_used_by(func)
+        for payload in payloads:
+            modules |= modules_named_in_pickle(payload)
+        install, _ = classify_modules(modules)
+        requirements: list[str] = [f"{name}=={version}" for name, version in install.items()]
+    else:
+        requirements = explicit_requirements(environment)
+    for requirement in requirements:
+        if "\n" in requirement or not requirement.strip():
+            raise ConfigError(
+                f"environment: requirement {requirement!r} must be one non-empty line",
+                field="environment",
+                value=requirement,
+            )
+    pinned = with_runner_requirement(requirements)
+    return EnvironmentPlan(pinned, environment_key(pinned))
+
+
+def prepare_local_modules(func: Callable[..., Any], values: Iterable[Any]) -> None:
+    """Before pickling: make the user's own, uninstallable modules travel by value."""
+    modules = modules_used_by(func) | {m for m in map(_module_of, values) if m}
+    _, local = classify_modules(modules)
+    ship_by_value(local)

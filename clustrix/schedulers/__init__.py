@@ -1,0 +1,20 @@
+"""One small module per batch system; ``scheduler_for`` picks one by ``cluster_type``."""
+
+from __future__ import annotations
+
+from .base import JobState, JobStatus, Scheduler, ScriptContext
+from .direct import DirectScheduler
+from .slurm import SlurmScheduler
+
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    "slurm": SlurmScheduler,
+    "ssh": DirectScheduler,
+}
+
+__all__ = ["SCHEDULERS", "JobState", "JobStatus", "Scheduler", "ScriptContext", "scheduler_for"]
+
+
+def scheduler_for(cluster_type: str) -> Scheduler | None:
+    """The scheduler module for ``cluster_type``, or None if this version has none."""
+    scheduler = SCHEDULERS.get(cluster_type)
+    return scheduler() if scheduler else None

@@ -1,0 +1,169 @@
+"""The scheduler template: what a batch system must say, and the script they all share.
+
+A scheduler module fills in a few hooks: its directive lines for a resource request, how to
+submit a script and read back the job id, how to ask for the state of many jobs at once, and
+how to cancel. Everything else (the job script body, quoting, validation of extra options) is
+common and lives here, so that adding a scheduler is one small file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import ConfigError
+from ..resources import Resources
+
+
+class JobState(enum.Enum):
+    """Scheduler states, reduced to what decides the fate of a future."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    NODE_FAIL = "NODE_FAIL"
+    PREEMPTED = "PREEMPTED"  # requeued by the scheduler: still alive, not failed
+    UNKNOWN = "UNKNOWN"  # the scheduler no longer (or not yet) knows the job
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = {
+    JobState.COMPLETED,
+    JobState.FAILED,
+    JobState.CANCELLED,
+    JobState.TIMEOUT,
+    JobState.OUT_OF_MEMORY,
+    JobState.NODE_FAIL,
+}
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    exit_code: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ScriptContext:
+    """Everything the job script needs beyond the resources."""
+
+    job_name: str
+    job_dir: str  # absolute path on the cluster
+    python_command: str  # already quoted for the shell
+    module_loads: tuple[str, ...] = ()
+    environment_variables: Mapping[str, str] = None  # type: ignore[assignment]
+    pre_execution_commands: tuple[str, ...] = ()
+    account: str | None = None
+    qos: str | None = None
+    options: Mapping[str, Any] = None  # type: ignore[assignment]
+
+
+def setup_lines(
+    module_loads: Iterable[str],
+    environment_variables: Mapping[str, str],
+    pre_execution_commands: Iterable[str],
+) -> list[str]:
+    """Shell lines that prepare a job's environment; every configured value is quoted.
+
+    ``pre_execution_commands`` are commands the user wrote to be run, so they are kept as
+    written; module names and variable values are data and can never execute.
+    """
+    lines = [f"module load {shlex.quote(module)}" for module in module_loads]
+    lines += [
+        f"export {name}={shlex.quote(value)}" for name, value in environment_variables.items()
+    ]
+    lines += list(pre_execution_commands)
+    return lines
+
+
+class Scheduler:
+    """Base of every scheduler module; subclasses fill in the hooks marked below."""
+
+    name: ClassVar[str]
+    #: The prefix of directive lines, e.g. ``#SBATCH``; empty for no scheduler.
+    directive_prefix: ClassVar[str] = ""
+    #: Options a user may pass through ``@cluster(**options)``, with what each means.
+    option_help: ClassVar[Mapping[str, str]] = {}
+
+    # ------------------------------------------------------------------ hooks
+
+    def directives(self, resources: Resources, context: ScriptContext) -> list[str]:
+        """Directive arguments (without the prefix) for this request."""
+        raise NotImplementedError
+
+    def submit_command(self, script: str, context: ScriptContext) -> str:
+        """A command, run in the job folder, that submits ``script`` and prints the id."""
+        raise NotImplementedError
+
+    def parse_job_id(self, output: str) -> str:
+        raise NotImplementedError
+
+    def status_command(self, jobs: Mapping[str, str]) -> str:
+        """One command reporting on all jobs (scheduler id -> job folder) for ``parse_status``."""
+        raise NotImplementedError
+
+    def parse_status(self, output: str, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        raise NotImplementedError
+
+    def cancel_command(self, job_ids: list[str]) -> str:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Reject unknown pass-through options, naming the closest valid one."""
+        for name, value in options.items():
+            if name not in self.option_help:
+                close = difflib.get_close_matches(name, list(self.option_help), n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ConfigError(
+                    f"unknown {self.name} option '{name}'; {hint}valid options: "
+                    f"{', '.join(sorted(self.option_help))}",
+                    field=name,
+                    value=value,
+                )
+            if isinstance(value, str) and ("\n" in value or "\r" in value):
+                raise ConfigError(
+                    f"{self.name} option {name}={value!r} contains a line break",
+                    field=name,
+                    value=value,
+                )
+
+    def render_script(self, resources: Resources, context: ScriptContext) -> str:
+        """The whole job script: directives, environment setup, then the runner."""
+        lines = ["#!/bin/bash"]
+        lines += [f"{self.directive_prefix} {d}" for d in self.directives(resources, context)]
+        lines += [
+            f"# {self.name} job written by clustrix",
+            "set -e",
+            *setup_lines(
+                context.module_loads,
+                context.environment_variables or {},
+                context.pre_execution_commands,
+            ),
+            f"cd {shlex.quote(context.job_dir)}",
+            self.task_launch(resources, context),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def task_launch(self, resources: Resources, context: ScriptContext) -> str:
+        """The line that runs the runner; schedulers with arrays pass the task index."""
+        return f"exec {context.python_command} runner.py {shlex.quote(context.job_dir)} 0"
+
+
+def render_flag(name: str, value: Any) -> str:
+    """``--name=value`` for a pass-through option (``True`` gives a bare ``--name``)."""
+    flag = "--" + name.replace("_", "-")
+    return flag if value is True else f"{flag}={value}"

@@ -1,0 +1,85 @@
+"""No scheduler: the job runs detached on an SSH host, tracked by its process group.
+
+The job survives the SSH session (``setsid`` + ``nohup``), its exit code lands in a file, a
+time limit is enforced with ``timeout``, and cancelling signals the whole process group.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
+
+from ..resources import Resources
+from .base import JobState, JobStatus, Scheduler, ScriptContext
+
+# `timeout` exits with 124 when the limit is reached; signals give 128 + number.
+_TIMEOUT_EXIT = 124
+_SIGNAL_EXITS = {128 + 15, 128 + 9}
+
+
+class DirectScheduler(Scheduler):
+    name = "ssh"
+    option_help: ClassVar[dict[str, str]] = {
+        "nice": "scheduling priority adjustment passed to nice(1)",
+    }
+
+    def directives(self, resources: Resources, context: ScriptContext) -> list[str]:
+        return []
+
+    def task_launch(self, resources: Resources, context: ScriptContext) -> str:
+        command = f"{context.python_command} runner.py {shlex.quote(context.job_dir)} 0"
+        nice = (context.options or {}).get("nice")
+        if nice is not None:
+            command = f"nice -n {int(nice)} {command}"
+        if resources.time_seconds is not None:
+            command = f"timeout --kill-after=10 {resources.time_seconds} {command}"
+        return f"exec {command}"
+
+    def submit_command(self, script: str, context: ScriptContext) -> str:
+        # setsid makes the job its own process group (its pid is the group id), so that a
+        # cancel reaches every process it started; the exit code is kept in a file.
+        inner = f"bash {shlex.quote(script)} > stdout 2> stderr < /dev/null; echo $? > exit_code"
+        return f"setsid nohup bash -c {shlex.quote(inner)} > /dev/null 2>&1 < /dev/null & echo $!"
+
+    def parse_job_id(self, output: str) -> str:
+        return output.strip().splitlines()[-1].strip()
+
+    def status_command(self, jobs: Mapping[str, str]) -> str:
+        checks = []
+        for pid, folder in jobs.items():
+            code_file = shlex.quote(f"{folder}/exit_code")
+            checks.append(
+                f"if [ -s {code_file} ]; then echo {shlex.quote(pid)} DONE $(cat {code_file}); "
+                f"elif kill -0 {shlex.quote(pid)} 2>/dev/null; "
+                f"then echo {shlex.quote(pid)} RUNNING; "
+                f"else echo {shlex.quote(pid)} LOST; fi"
+            )
+        return "; ".join(checks)
+
+    def parse_status(self, output: str, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        statuses: dict[str, JobStatus] = {}
+        for line in output.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[1] == "RUNNING":
+                statuses[fields[0]] = JobStatus(JobState.RUNNING)
+            elif len(fields) >= 3 and fields[1] == "DONE" and fields[2].lstrip("-").isdigit():
+                statuses[fields[0]] = self._finished(int(fields[2]))
+            elif len(fields) >= 2 and fields[1] == "LOST":
+                statuses[fields[0]] = JobStatus(JobState.FAILED, None, "process gone, no exit code")
+        return {job_id: statuses.get(job_id, JobStatus(JobState.UNKNOWN)) for job_id in job_ids}
+
+    @staticmethod
+    def _finished(code: int) -> JobStatus:
+        if code == 0:
+            return JobStatus(JobState.COMPLETED, 0)
+        if code == _TIMEOUT_EXIT:
+            return JobStatus(JobState.TIMEOUT, code, "time limit reached")
+        if code in _SIGNAL_EXITS:
+            return JobStatus(JobState.CANCELLED, code, "terminated by a signal")
+        return JobStatus(JobState.FAILED, code)
+
+    def cancel_command(self, job_ids: list[str]) -> str:
+        # The pid is the process group id: signal the group, then the process if it remains.
+        groups = " ".join(shlex.quote(f"-{job_id}") for job_id in job_ids)
+        return f"kill -TERM -- {groups} 2>/dev/null; true"

@@ -1,0 +1,138 @@
+"""SLURM: ``#SBATCH`` directives, ``sbatch --parsable``, ``squeue`` + ``sacct``, ``scancel``."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
+
+from ..resources import Resources, format_slurm_time
+from .base import JobState, JobStatus, Scheduler, ScriptContext, render_flag
+
+# squeue's and sacct's state names, mapped onto ours.
+_STATES = {
+    "PENDING": JobState.PENDING,
+    "CONFIGURING": JobState.PENDING,
+    "REQUEUED": JobState.PREEMPTED,
+    "REQUEUE_HOLD": JobState.PREEMPTED,
+    "REQUEUE_FED": JobState.PREEMPTED,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "SUSPENDED": JobState.RUNNING,
+    "STOPPED": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "BOOT_FAIL": JobState.NODE_FAIL,
+    "DEADLINE": JobState.TIMEOUT,
+    "CANCELLED": JobState.CANCELLED,
+    "REVOKED": JobState.CANCELLED,
+    "TIMEOUT": JobState.TIMEOUT,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+    "NODE_FAIL": JobState.NODE_FAIL,
+    "PREEMPTED": JobState.PREEMPTED,
+    "SPECIAL_EXIT": JobState.FAILED,
+}
+_SECTION = "--clustrix-section--"
+
+
+def parse_state(text: str) -> JobState:
+    """``CANCELLED by 1000`` and ``RUNNING`` alike; unknown names are UNKNOWN."""
+    word = text.strip().split(" ")[0].rstrip("+").upper()
+    return _STATES.get(word, JobState.UNKNOWN)
+
+
+class SlurmScheduler(Scheduler):
+    name = "slurm"
+    directive_prefix = "#SBATCH"
+    option_help: ClassVar[dict[str, str]] = {
+        "constraint": "node features required (--constraint)",
+        "exclusive": "whole nodes for the job (--exclusive)",
+        "nodes": "number of nodes (--nodes)",
+        "ntasks": "number of tasks (--ntasks)",
+        "ntasks_per_node": "tasks per node (--ntasks-per-node)",
+        "mem_per_cpu": "memory per CPU instead of per node (--mem-per-cpu)",
+        "gpus": "GPUs with --gpus instead of --gres (--gpus)",
+        "gres": "generic resources, e.g. 'gpu:a100:2' (--gres)",
+        "reservation": "an existing reservation (--reservation)",
+        "nodelist": "specific nodes (--nodelist)",
+        "exclude": "nodes to avoid (--exclude)",
+        "begin": "start no earlier than this time (--begin)",
+        "comment": "free text stored with the job (--comment)",
+        "licenses": "licenses the job needs (--licenses)",
+        "mail_type": "events that send mail (--mail-type)",
+        "mail_user": "where mail goes (--mail-user)",
+        "requeue": "allow requeueing (--requeue)",
+        "no_requeue": "forbid requeueing (--no-requeue)",
+        "signal": "signal before the time limit (--signal)",
+        "tmp": "minimum local scratch space (--tmp)",
+        "hint": "task placement hint (--hint)",
+        "cluster": "cluster of a federation (--clusters)",
+        "wckey": "workload characterisation key (--wckey)",
+        "dependency": "jobs this one waits for (--dependency)",
+    }
+
+    def directives(self, resources: Resources, context: ScriptContext) -> list[str]:
+        lines = ["--output=stdout", "--error=stderr", f"--cpus-per-task={resources.cores}"]
+        if resources.memory_mb is not None:
+            lines.append(f"--mem={resources.memory_mb}M")
+        if resources.time_seconds is not None:
+            lines.append(f"--time={format_slurm_time(resources.time_seconds)}")
+        if resources.partition:
+            lines.append(f"--partition={resources.partition}")
+        options = dict(context.options or {})
+        if resources.gpus and "gpus" not in options and "gres" not in options:
+            lines.append(f"--gres=gpu:{resources.gpus}")
+        if context.account:
+            lines.append(f"--account={context.account}")
+        if context.qos:
+            lines.append(f"--qos={context.qos}")
+        if "cluster" in options:
+            options["clusters"] = options.pop("cluster")
+        lines += [render_flag(name, value) for name, value in options.items() if value is not False]
+        return lines
+
+    def submit_command(self, script: str, context: ScriptContext) -> str:
+        # The name goes on the command line, quoted: a directive line cannot carry every
+        # character a name may hold, and the shell must never interpret it.
+        return f"sbatch --parsable --job-name={shlex.quote(context.job_name)} {shlex.quote(script)}"
+
+    def parse_job_id(self, output: str) -> str:
+        # --parsable prints "id" or "id;cluster".
+        return output.strip().splitlines()[-1].split(";")[0].strip()
+
+    def status_command(self, jobs: Mapping[str, str]) -> str:
+        ids = shlex.quote(",".join(jobs))
+        # squeue knows queued and running jobs; sacct (when accounting is on) knows how
+        # finished ones ended. Both run in one round trip; either may fail harmlessly.
+        return (
+            f"squeue --noheader --states=all --format='%i|%T|%r' --jobs={ids} 2>/dev/null; "
+            f"echo {_SECTION}; "
+            f"sacct --noheader --parsable2 --allocations --format=JobID,State,ExitCode "
+            f"--jobs={ids} 2>/dev/null; true"
+        )
+
+    def parse_status(self, output: str, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        queue_part, _, accounting_part = output.partition(_SECTION)
+        statuses: dict[str, JobStatus] = {}
+        for line in accounting_part.strip().splitlines():
+            fields = line.split("|")
+            if len(fields) >= 3:
+                code = fields[2].split(":")[0]
+                statuses[fields[0]] = JobStatus(
+                    parse_state(fields[1]), int(code) if code.isdigit() else None, fields[1]
+                )
+        for line in queue_part.strip().splitlines():
+            fields = line.split("|")
+            if len(fields) >= 2:
+                # squeue is current; sacct can lag behind it by a second or two.
+                statuses[fields[0]] = JobStatus(
+                    parse_state(fields[1]), None, fields[2] if len(fields) > 2 else ""
+                )
+        return {job_id: statuses.get(job_id, JobStatus(JobState.UNKNOWN)) for job_id in job_ids}
+
+    def cancel_command(self, job_ids: list[str]) -> str:
+        return "scancel " + " ".join(shlex.quote(job_id) for job_id in job_ids)

@@ -1,0 +1,49 @@
+"""The transport for the machine Clustrix runs on (a login node, or tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from .base import CommandResult
+
+
+class LocalTransport:
+    """Runs commands with bash and touches files directly; no connection to manage."""
+
+    where = "localhost"
+
+    def run(
+        self,
+        command: str,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+    ) -> CommandResult:
+        completed = subprocess.run(
+            ["bash", "-c", command],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            input=stdin if stdin is not None else b"",
+        )
+        stderr = completed.stderr.decode(errors="replace")
+        result = CommandResult(command, completed.returncode, completed.stdout, stderr)
+        return result.check(self.where) if check else result
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.chmod(path, mode)
+
+    def read_file(self, path: str) -> bytes:
+        return Path(path).read_bytes()
+
+    def home(self) -> str:
+        return os.path.expanduser("~")
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,388 @@
+"""The SSH transport: one verified, shared connection per (host, port, user).
+
+Every submission, status poll and file transfer for a cluster goes through the same
+connection, which is what makes a round trip cost milliseconds instead of a new handshake.
+Host keys are checked against known_hosts; an unknown host is refused with its fingerprint
+and the command that trusts it, unless the configuration explicitly accepts new hosts.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import logging
+import os
+import select
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from ..errors import AuthenticationError, ConnectionFailedError, HostKeyError
+from .base import CommandResult
+
+logger = logging.getLogger("clustrix.ssh")
+
+HOST_KEY_POLICIES = ("strict", "accept-new")
+_CONNECT_TIMEOUT = 20.0
+
+
+def default_known_hosts() -> Path:
+    return Path(os.path.expanduser("~/.ssh/known_hosts"))
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The SHA256 fingerprint as OpenSSH prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """Where to connect, after ``~/.ssh/config`` has been applied to the configured names."""
+
+    alias: str
+    hostname: str
+    port: int
+    username: str
+    key_files: tuple[str, ...]
+    proxy_jump: str | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.username}@{self.hostname}:{self.port}"
+
+
+def resolve_target(
+    host: str,
+    port: int | None = None,
+    username: str | None = None,
+    key_file: str | None = None,
+    ssh_config_path: Path | None = None,
+) -> SSHTarget:
+    """Apply ``~/.ssh/config`` (Host aliases, HostName, User, Port, IdentityFile, ProxyJump).
+
+    Explicit settings win over the ssh config file, as they do for ``ssh -p`` and ``-l``.
+    """
+    path = ssh_config_path or Path(os.path.expanduser("~/.ssh/config"))
+    entry: dict[str, Any] = {}
+    if path.is_file():
+        entry = paramiko.SSHConfig.from_path(str(path)).lookup(host)
+    key_files = [key_file] if key_file else list(entry.get("identityfile", []))
+    return SSHTarget(
+        alias=host,
+        hostname=entry.get("hostname", host),
+        port=int(port if port is not None else entry.get("port", 22)),
+        username=username or entry.get("user") or getpass.getuser(),
+        key_files=tuple(os.path.expanduser(k) for k in key_files),
+        proxy_jump=entry.get("proxyjump"),
+    )
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Refuses unknown hosts (strict) or records them in known_hosts (accept-new)."""
+
+    def __init__(self, policy: str, known_hosts: Path) -> None:
+        self.policy = policy
+        self.known_hosts = known_hosts
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        print_name = fingerprint(key)
+        if self.policy != "accept-new":
+            raise HostKeyError(
+                f"the host key of {hostname} is not in {self.known_hosts} ({key.get_name()} "
+                f"{print_name}). If that fingerprint is right, trust it with "
+                f"`clustrix trust-host {_trust_arguments(hostname)}` or set "
+                "host_key_policy='accept-new'",
+                host=hostname,
+                fingerprint=print_name,
+            )
+        append_known_host(self.known_hosts, hostname, key)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        logger.warning(
+            "added %s (%s %s) to %s", hostname, key.get_name(), print_name, self.known_hosts
+        )
+
+
+def _trust_arguments(hostname: str) -> str:
+    if hostname.startswith("[") and "]:" in hostname:
+        host, port = hostname[1:].split("]:")
+        return f"{host} --port {port}"
+    return hostname
+
+
+def append_known_host(known_hosts: Path, hostname: str, key: paramiko.PKey) -> None:
+    known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with known_hosts.open("a", encoding="utf-8") as handle:
+        handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+    os.chmod(known_hosts, 0o600)
+
+
+def fetch_host_key(hostname: str, port: int) -> paramiko.PKey:
+    """The server's host key, read from an SSH handshake without authenticating."""
+    try:
+        sock = socket.create_connection((hostname, port), timeout=_CONNECT_TIMEOUT)
+    except OSError as exc:
+        raise ConnectionFailedError(f"cannot reach {hostname}:{port}: {exc}") from None
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=_CONNECT_TIMEOUT)
+        return transport.get_remote_server_key()
+    except paramiko.SSHException as exc:
+        raise ConnectionFailedError(f"SSH handshake with {hostname}:{port} failed: {exc}") from None
+    finally:
+        transport.close()
+
+
+class SSHTransport:
+    """Commands and files over one paramiko connection, reconnecting if it drops."""
+
+    def __init__(
+        self,
+        target: SSHTarget,
+        *,
+        password: str | None = None,
+        host_key_policy: str = "strict",
+        known_hosts: Path | None = None,
+        jump: SSHTransport | None = None,
+    ) -> None:
+        self.target = target
+        self.where = target.where
+        self._password = password
+        self._policy = host_key_policy
+        self._known_hosts = known_hosts or default_known_hosts()
+        self._jump = jump
+        self._lock = threading.RLock()
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._sftp_lock = threading.Lock()
+        self._home: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<SSHTransport {self.where}>"
+
+    # ------------------------------------------------------------------ connection
+
+    def _connected_client(self) -> paramiko.SSHClient:
+        with self._lock:
+            transport = self._client.get_transport() if self._client else None
+            if transport is None or not transport.is_active():
+                self._reset()
+                self._client = self._connect()
+            return self._client
+
+    def _reset(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+        self._sftp = None
+
+    def _connect(self) -> paramiko.SSHClient:
+        target = self.target
+        client = paramiko.SSHClient()
+        client.load_system_host_keys()
+        if self._known_hosts.is_file():
+            client.load_host_keys(str(self._known_hosts))
+        client.set_missing_host_key_policy(_HostKeyPolicy(self._policy, self._known_hosts))
+        sock = None
+        if self._jump is not None:
+            jump_transport = self._jump._connected_client().get_transport()
+            assert jump_transport is not None
+            sock = jump_transport.open_channel(
+                "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0)
+            )
+        missing = [k for k in target.key_files if not os.path.isfile(k)]
+        if missing:
+            raise AuthenticationError(f"key file {missing[0]} for {self.where} does not exist")
+        try:
+            client.connect(
+                target.hostname,
+                port=target.port,
+                username=target.username,
+                key_filename=list(target.key_files) or None,
+                password=self._password,
+                look_for_keys=not target.key_files,
+                allow_agent=True,
+                timeout=_CONNECT_TIMEOUT,
+                banner_timeout=_CONNECT_TIMEOUT,
+                auth_timeout=_CONNECT_TIMEOUT,
+                sock=sock,
+            )
+        except HostKeyError:
+            raise
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyError(
+                f"the host key of {target.hostname} does NOT match {self._known_hosts}: got "
+                f"{fingerprint(exc.key)}, expected {fingerprint(exc.expected_key)}. This may be "
+                "a man-in-the-middle attack, or the host was reinstalled; check with its "
+                "administrators before removing the old entry",
+                host=target.hostname,
+                fingerprint=fingerprint(exc.key),
+            ) from None
+        except paramiko.AuthenticationException:
+            if self._password is None and sys.stdin is not None and sys.stdin.isatty():
+                self._password = getpass.getpass(f"Password for {self.where}: ")
+                return self._connect()
+            offered = ", ".join(target.key_files) or "the SSH agent and default keys"
+            raise AuthenticationError(
+                f"authentication failed for {self.where} (offered: {offered}"
+                f"{', a password' if self._password else ''}); check username and key_file"
+            ) from None
+        except (OSError, paramiko.SSHException) as exc:
+            raise ConnectionFailedError(f"cannot connect to {self.where}: {exc}") from None
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(30)
+        logger.debug("connected to %s", self.where)
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()
+
+    # ------------------------------------------------------------------ operations
+
+    def run(
+        self,
+        command: str,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+    ) -> CommandResult:
+        try:
+            channel = self._open_channel()
+        except (paramiko.SSHException, EOFError, OSError):
+            # A connection that died since its last use: the command has not run, retry once.
+            with self._lock:
+                self._reset()
+            channel = self._open_channel()
+        with channel:
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            stdout, stderr = _drain(channel, timeout)
+            exit_code = channel.recv_exit_status()
+        result = CommandResult(command, exit_code, stdout, stderr)
+        return result.check(self.where) if check else result
+
+    def _open_channel(self) -> paramiko.Channel:
+        transport = self._connected_client().get_transport()
+        assert transport is not None
+        return transport.open_session(timeout=_CONNECT_TIMEOUT)
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        with self._lock:
+            if self._sftp is None:
+                self._sftp = self._connected_client().open_sftp()
+            return self._sftp
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
+        with self._sftp_lock:
+            sftp = self._sftp_client()
+            with sftp.open(path, "wb") as handle:
+                handle.chmod(mode)
+                handle.set_pipelined(True)
+                handle.write(data)
+
+    def read_file(self, path: str) -> bytes:
+        with self._sftp_lock:
+            sftp = self._sftp_client()
+            try:
+                with sftp.open(path, "rb") as handle:
+                    handle.prefetch()
+                    return handle.read()
+            except OSError as exc:
+                if getattr(exc, "errno", None) == 2:
+                    raise FileNotFoundError(2, "No such file", f"{self.where}:{path}") from None
+                raise
+
+    def home(self) -> str:
+        if self._home is None:
+            self._home = self.run('printf %s "$HOME"').stdout.strip()
+        return self._home
+
+
+def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, str]:
+    """Read stdout and stderr together, so a chatty stderr cannot stall a large stdout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    stdout, stderr = bytearray(), bytearray()
+    while True:
+        if channel.recv_ready():
+            stdout += channel.recv(65536)
+        elif channel.recv_stderr_ready():
+            stderr += channel.recv_stderr(65536)
+        elif channel.exit_status_ready() and (channel.eof_received or channel.closed):
+            # EOF comes after the last byte of both streams, and nothing is left buffered.
+            return bytes(stdout), stderr.decode(errors="replace")
+        else:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the command did not finish within {timeout:g} s")
+            select.select([channel], [], [], 0.5)
+
+
+_connections: dict[tuple[str, int, str], SSHTransport] = {}
+_connections_lock = threading.Lock()
+
+
+def shared_transport(
+    host: str,
+    *,
+    port: int | None = None,
+    username: str | None = None,
+    key_file: str | None = None,
+    password: str | None = None,
+    host_key_policy: str = "strict",
+    known_hosts: Path | None = None,
+) -> SSHTransport:
+    """The process-wide connection for (host, port, user), created on first use."""
+    target = resolve_target(host, port, username, key_file)
+    key = (target.hostname, target.port, target.username)
+    with _connections_lock:
+        transport = _connections.get(key)
+        if transport is None:
+            jump = None
+            if target.proxy_jump and target.proxy_jump.lower() != "none":
+                jump = _jump_transport(target.proxy_jump, host_key_policy, known_hosts)
+            transport = SSHTransport(
+                target,
+                password=password,
+                host_key_policy=host_key_policy,
+                known_hosts=known_hosts,
+                jump=jump,
+            )
+            _connections[key] = transport
+        return transport
+
+
+def _jump_transport(spec: str, policy: str, known_hosts: Path | None) -> SSHTransport:
+    """Connection to the last hop of a ProxyJump chain (``[user@]host[:port][,...]``)."""
+    jump: SSHTransport | None = None
+    for hop in spec.split(","):
+        user, _, rest = hop.strip().rpartition("@")
+        host, _, port = rest.partition(":")
+        target = resolve_target(host, int(port) if port else None, user or None)
+        jump = SSHTransport(target, host_key_policy=policy, known_hosts=known_hosts, jump=jump)
+    assert jump is not None
+    return jump
+
+
+def close_all() -> None:
+    with _connections_lock:
+        transports = list(_connections.values())
+        _connections.clear()
+    for transport in transports:
+        transport.close()
