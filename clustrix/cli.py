@@ -234,7 +234,39 @@ def status(profile: str | None) -> None:
         click.echo(f"workers: {workers} ({config.local_executor} executor)")
         click.echo("status: ready")
         return
-    click.echo(f"target: {config.cluster_type} at {config.cluster_host or '(no cluster_host set)'}")
-    raise click.ClickException(
-        f"the {config.cluster_type} backend is not available in this version of Clustrix"
-    )
+    from .remote import backend_for
+
+    backend = backend_for(config)
+    click.echo(f"target: {config.cluster_type} via {backend.transport.where}")
+    click.echo(f"work folder: {backend.work_dir}")
+    probe = {"slurm": "sinfo --version", "ssh": "uname -srm"}[config.cluster_type]
+    click.echo(f"{probe.split()[0]}: {backend.transport.run(probe).stdout.strip()}")
+    python = backend.transport.run("command -v python3 && python3 --version", check=False)
+    click.echo(f"python3: {' '.join(python.stdout.split()) or 'not found on PATH'}")
+    click.echo("status: ready")
+
+
+@main.command("trust-host")
+@click.argument("host")
+@click.option("--port", type=int, default=22, show_default=True)
+@click.option(
+    "--known-hosts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="known_hosts file to add to (default: known_hosts_file, else ~/.ssh/known_hosts).",
+)
+@click.option("--yes", is_flag=True, help="Add without asking.")
+def trust_host(host: str, port: int, known_hosts: Path | None, yes: bool) -> None:
+    """Show HOST's SSH key fingerprint and add the key to known_hosts once confirmed."""
+    from .transport.ssh import append_known_host, fetch_host_key, fingerprint, known_hosts_name
+
+    configured = resolve_config().config.known_hosts_file
+    path = known_hosts or Path(os.path.expanduser(configured or "~/.ssh/known_hosts"))
+    key = fetch_host_key(host, port)
+    name = known_hosts_name(host, port)
+    click.echo(f"{name} presents a {key.get_name()} key with fingerprint {fingerprint(key)}")
+    if not yes and not click.confirm(
+        "Compare it with the one your administrators publish. Trust it?"
+    ):
+        raise click.ClickException("not trusted; nothing was written")
+    append_known_host(path, name, key)
+    click.echo(f"added {name} to {path}")

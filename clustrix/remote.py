@@ -181,7 +181,7 @@ class RemoteBackend:
         command = (
             f"mkdir -p {shlex.quote(self.work_dir)} && chmod 700 {shlex.quote(self.work_dir)} && "
             f"mkdir -m 700 {shlex.quote(folder)} && cd {shlex.quote(folder)} && tar -x -f - && "
-            + self.scheduler.submit_command("job.sh", context)
+            f"{{ {self.scheduler.submit_command('job.sh', context)}; }}"
         )
         result = self.transport.run(command, stdin=tar_bytes(files))
         scheduler_id = self.scheduler.parse_job_id(result.stdout)

@@ -37,10 +37,17 @@ class DirectScheduler(Scheduler):
         return f"exec {command}"
 
     def submit_command(self, script: str, context: ScriptContext) -> str:
-        # setsid makes the job its own process group (its pid is the group id), so that a
-        # cancel reaches every process it started; the exit code is kept in a file.
-        inner = f"bash {shlex.quote(script)} > stdout 2> stderr < /dev/null; echo $? > exit_code"
-        return f"setsid nohup bash -c {shlex.quote(inner)} > /dev/null 2>&1 < /dev/null & echo $!"
+        # setsid gives the job a session and process group of its own, whose id the job
+        # records itself (setsid may fork, so $! would not be it); a cancel signals the whole
+        # group. The exit code is kept in a file for the status check.
+        inner = (
+            f"echo $$ > pid; bash {shlex.quote(script)} > stdout 2> stderr < /dev/null; "
+            "echo $? > exit_code"
+        )
+        return (
+            f"setsid nohup bash -c {shlex.quote(inner)} > /dev/null 2>&1 < /dev/null & "
+            "for _ in $(seq 250); do [ -s pid ] && break; sleep 0.02; done; cat pid"
+        )
 
     def parse_job_id(self, output: str) -> str:
         return output.strip().splitlines()[-1].strip()

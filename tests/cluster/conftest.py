@@ -1,0 +1,128 @@
+"""Fixtures for tests against the real test cluster (scripts/testcluster.sh up).
+
+The cluster's connection settings come from the env file the script writes. Without a
+cluster these tests are skipped, unless CLUSTRIX_REQUIRE_CLUSTER=1 (set by CI), which turns a
+missing cluster into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import clustrix
+from clustrix.transport.ssh import SSHTransport, resolve_target
+
+ENV_FILE = Path(os.environ.get("CLUSTRIX_TESTCLUSTER_DIR", "/var/tmp/clustrix-testcluster")) / "env"
+
+
+def _read_env_file() -> dict[str, str]:
+    values = {}
+    if ENV_FILE.is_file():
+        for line in ENV_FILE.read_text().splitlines():
+            if line.startswith("export ") and "=" in line:
+                key, _, value = line[len("export ") :].partition("=")
+                values[key] = shlex.split(value)[0] if value else ""
+    return values
+
+
+@dataclass(frozen=True)
+class TestCluster:
+    host: str
+    port: int
+    user: str
+    key_file: str
+    known_hosts: str
+    slurm: bool
+    sge: bool
+    pbs_bin: str | None
+    work_dir: str
+
+    def settings(self, cluster_type: str, **extra: object) -> dict[str, object]:
+        """configure() arguments that reach this cluster as ``cluster_type``."""
+        return {
+            "cluster_type": cluster_type,
+            "cluster_host": self.host,
+            "cluster_port": self.port,
+            "username": self.user,
+            "key_file": self.key_file,
+            "known_hosts_file": self.known_hosts,
+            "remote_work_dir": self.work_dir,
+            "job_poll_interval": 1.0,
+            **extra,
+        }
+
+    def environ(self, cluster_type: str) -> dict[str, str]:
+        """The same settings as CLUSTRIX_* variables, for subprocesses."""
+        return {f"CLUSTRIX_{k.upper()}": str(v) for k, v in self.settings(cluster_type).items()}
+
+    def transport(self) -> SSHTransport:
+        target = resolve_target(self.host, self.port, self.user, self.key_file)
+        return SSHTransport(target, known_hosts=Path(self.known_hosts))
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def test_cluster() -> Iterator[TestCluster]:
+    values = _read_env_file()
+    host = values.get("CLUSTRIX_TEST_SSH_HOST")
+    port = int(values.get("CLUSTRIX_TEST_SSH_PORT", "0") or 0)
+    if not host or not _reachable(host, port):
+        message = f"the test cluster is not running (no reachable sshd from {ENV_FILE}); " \
+                  "start it with: sudo scripts/testcluster.sh up"
+        if os.environ.get("CLUSTRIX_REQUIRE_CLUSTER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = TestCluster(
+        host=host,
+        port=port,
+        user=values["CLUSTRIX_TEST_SSH_USER"],
+        key_file=values["CLUSTRIX_TEST_SSH_KEY"],
+        known_hosts=values["CLUSTRIX_TEST_KNOWN_HOSTS"],
+        slurm=values.get("CLUSTRIX_TEST_SLURM") == "1",
+        sge=values.get("CLUSTRIX_TEST_SGE") == "1",
+        pbs_bin=values.get("CLUSTRIX_TEST_PBS_BIN"),
+        work_dir=f"~/clustrix-tests/{uuid.uuid4().hex[:8]}",
+    )
+    yield cluster
+    transport = cluster.transport()
+    folder = cluster.work_dir.replace("~", transport.home(), 1)
+    transport.run(f"rm -rf {shlex.quote(folder)}", check=False)
+    transport.close()
+
+
+def _require(available: bool, what: str) -> None:
+    if not available:
+        message = f"{what} is not running on the test cluster"
+        if os.environ.get("CLUSTRIX_REQUIRE_CLUSTER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def on_slurm(test_cluster: TestCluster) -> TestCluster:
+    """configure() pointed at SLURM through the SSH login."""
+    _require(test_cluster.slurm, "SLURM")
+    clustrix.configure(**test_cluster.settings("slurm"))
+    return test_cluster
+
+
+@pytest.fixture
+def on_ssh(test_cluster: TestCluster) -> TestCluster:
+    """configure() pointed at the plain SSH host."""
+    clustrix.configure(**test_cluster.settings("ssh"))
+    return test_cluster

@@ -1,0 +1,268 @@
+"""End-to-end behaviour of remote calls, on SLURM and on a plain SSH host."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import clustrix
+from clustrix import JobFailedError, cluster
+from clustrix.errors import JobCancelledError, JobTimeoutError
+from clustrix.remote import backend_for
+
+SCRIPTS = Path(__file__).parent.parent / "scripts"
+
+
+class PlainError(ValueError):
+    pass
+
+
+@cluster(time="00:05:00")
+def add(a, b):
+    return a + b
+
+
+@cluster(time="00:05:00")
+def wait_and_return(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+@cluster(time="00:05:00")
+def raise_plain(message):
+    raise PlainError(message)
+
+
+def _remote_exists(test_cluster, folder: str) -> bool:
+    result = test_cluster.transport().run(f"test -e {shlex.quote(folder)}", check=False)
+    return result.exit_code == 0
+
+
+@pytest.mark.parametrize("cluster_type", ["slurm", "ssh"])
+def test_main_script_with_closure_numpy_and_custom_exception(test_cluster, cluster_type):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTRIX_")}
+    env.update(test_cluster.environ(cluster_type), HOME=os.environ["HOME"])
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "remote_main.py")],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["value"] == 6.5
+    assert report["backend"].startswith(f"{cluster_type}:clustrix@127.0.0.1")
+    assert report["error"]["same_class"] is True
+    assert report["error"]["message"] == "it went wrong remotely"
+    assert "raise ScriptError(message)" in report["error"]["remote_traceback"]
+    assert "remote_main.py" in report["error"]["remote_traceback"]
+
+
+@pytest.mark.parametrize("fixture", ["on_slurm", "on_ssh"])
+def test_value_logs_and_cleanup_on_success(request, fixture):
+    test_cluster = request.getfixturevalue(fixture)
+
+    @cluster(time="00:05:00")
+    def chatty(x):
+        print(f"working on {x}")
+        print("a warning", file=sys.stderr)
+        return x * 2
+
+    future = chatty.submit(21)
+    assert future.result(timeout=300) == 42
+    assert future.stdout() == "working on 21\n"
+    assert "a warning" in future.stderr()
+    assert future.remote_folder.startswith("/home/")
+    assert not _remote_exists(test_cluster, future.remote_folder), "cleaned after success"
+
+
+@pytest.mark.parametrize("fixture", ["on_slurm", "on_ssh"])
+def test_failure_keeps_the_folder_and_reraises_the_type(request, fixture):
+    test_cluster = request.getfixturevalue(fixture)
+    future = raise_plain.submit("bad value")
+    with pytest.raises(PlainError, match="bad value") as info:
+        future.result(timeout=300)
+    assert "raise PlainError(message)" in str(info.value.__cause__)
+    assert _remote_exists(test_cluster, future.remote_folder), "kept after a failure"
+    mode = test_cluster.transport().run(f"stat -c %a {shlex.quote(future.remote_folder)}").stdout
+    assert mode.strip() == "700"
+
+
+def test_cleanup_can_be_turned_off(on_slurm):
+    clustrix.configure(cleanup_on_success=False)
+    future = add.submit(1, 2)
+    assert future.result(timeout=300) == 3
+    assert _remote_exists(on_slurm, future.remote_folder)
+    files = on_slurm.transport().run(f"ls {shlex.quote(future.remote_folder)}").stdout.split()
+    assert {"job.json", "function.pkl", "calls-0.pkl", "runner.py", "job.sh", "result-0.pkl",
+            "stdout", "stderr"} <= set(files)
+
+
+def test_scancel_from_outside_raises_job_cancelled(on_slurm):
+    future = wait_and_return.submit(120, "never")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        state = on_slurm.transport().run(f"squeue -h -o %T -j {future.scheduler_id}").stdout.strip()
+        if state == "RUNNING":
+            break
+        time.sleep(0.2)
+    on_slurm.transport().run(f"scancel {future.scheduler_id}")
+    started = time.monotonic()
+    with pytest.raises(JobCancelledError) as info:
+        future.result(timeout=60)
+    assert time.monotonic() - started < 15, "noticed within a few poll intervals"
+    assert info.value.state == "CANCELLED"
+    assert info.value.job_id == future.job_id
+
+
+def test_time_limit_raises_job_timeout_on_slurm(on_slurm):
+    # SLURM counts limits in whole minutes and checks them periodically: expect ~1-2 minutes.
+    @cluster(time="00:00:05")
+    def overrun():
+        time.sleep(600)
+
+    future = overrun.submit()
+    with pytest.raises(JobTimeoutError) as info:
+        future.result(timeout=400)
+    assert info.value.state == "TIMEOUT"
+
+
+def test_time_limit_raises_job_timeout_on_ssh(on_ssh):
+    @cluster(time="00:00:05")
+    def overrun():
+        time.sleep(600)
+
+    started = time.monotonic()
+    with pytest.raises(JobTimeoutError, match="time limit"):
+        overrun()
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("fixture", ["on_slurm", "on_ssh"])
+def test_future_cancel_stops_the_job(request, fixture):
+    test_cluster = request.getfixturevalue(fixture)
+    future = wait_and_return.submit(300, "never")
+    time.sleep(2)
+    assert future.cancel() is True
+    assert future.cancelled()
+    if fixture == "on_slurm":
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            state = test_cluster.transport().run(
+                f"sacct -n -X -P -o State -j {future.scheduler_id}", check=False
+            ).stdout.strip()
+            if state.startswith("CANCELLED"):
+                break
+            time.sleep(0.5)
+        assert state.startswith("CANCELLED")
+    else:
+        time.sleep(1)
+        alive = test_cluster.transport().run(f"kill -0 {future.scheduler_id}", check=False)
+        assert alive.exit_code != 0, "the job's process group was signalled"
+
+
+def test_quoting_of_environment_values_and_job_names(on_slurm, tmp_path):
+    canary = f"/tmp/clustrix-canary-{os.getpid()}"
+    nasty = f"it's \"quoted\"; $(touch {canary}) `touch {canary}` \nnext line & | > <"
+    clustrix.configure(environment_variables={"NASTY": nasty})
+
+    @cluster(time="00:05:00", job_name=f"name {nasty}")
+    def report():
+        return os.environ["NASTY"], os.environ["SLURM_JOB_NAME"]
+
+    value, job_name = report()
+    assert value == nasty
+    assert job_name == f"name {nasty}"
+    assert on_slurm.transport().run(f"test -e {canary}", check=False).exit_code != 0
+
+
+def test_twenty_concurrent_submissions_from_threads(on_slurm):
+    results: dict[int, int] = {}
+    folders: set[str] = set()
+    lock = threading.Lock()
+
+    def submit(i):
+        future = add.submit(i, 1000)
+        value = future.result(timeout=600)
+        with lock:
+            results[i] = value
+            folders.add(future.remote_folder)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert results == {i: i + 1000 for i in range(20)}
+    assert len(folders) == 20
+
+
+def test_environment_is_built_once_and_reused(on_slurm):
+    @cluster(time="00:05:00", environment=["six==1.16.0"])
+    def six_version():
+        import six
+
+        return six.__version__
+
+    first = six_version.submit()
+    assert first.result(timeout=600) == "1.16.0"
+    marker = f"{first.environment.path}/.clustrix-ready"
+    stamp = on_slurm.transport().run(f"stat -c %Y {shlex.quote(marker)}").stdout
+
+    # A new process knows nothing: forget what this one remembered, as a restart would.
+    backend_for(clustrix.get_config())._ready_environments.clear()
+    second = six_version.submit()
+    assert second.result(timeout=300) == "1.16.0"
+    assert second.environment.key == first.environment.key
+    assert second.environment.built is False
+    assert on_slurm.transport().run(f"stat -c %Y {shlex.quote(marker)}").stdout == stamp
+
+
+def test_environment_failure_is_reported_with_pips_output(on_slurm):
+    @cluster(environment=["clustrix-no-such-package-xyz==0.0.1"])
+    def never():
+        return 1
+
+    with pytest.raises(clustrix.errors.EnvironmentSetupError) as info:
+        never()
+    assert "clustrix-no-such-package-xyz" in str(info.value)
+    assert "No matching distribution" in info.value.stderr_tail or "ERROR" in info.value.stderr_tail
+
+
+def test_version_skew_is_reported_before_unpickling(on_ssh):
+    transport = on_ssh.transport()
+    venv = f"{transport.home()}/clustrix-tests/old-cloudpickle"
+    transport.run(
+        f"test -x {venv}/bin/python || (python3 -m venv {venv} && "
+        f"{venv}/bin/pip install -q cloudpickle==2.2.1)",
+        timeout=300,
+    )
+    clustrix.configure(python_executable=f"{venv}/bin/python")
+    with pytest.raises(clustrix.errors.VersionMismatchError, match="cloudpickle 2.2.1"):
+        add(1, 2)
+
+
+def test_unknown_scheduler_option_is_refused(on_slurm):
+    @cluster(constraint="fast", exlusive=True)
+    def f():
+        return 1
+
+    with pytest.raises(clustrix.ConfigError, match="unknown slurm option 'exlusive'; did you mean 'exclusive'"):
+        f()
+
+
+def test_job_failed_error_carries_the_scheduler_state(on_slurm):
+    @cluster(time="00:05:00")
+    def hard_exit():
+        os._exit(7)
+
+    with pytest.raises(JobFailedError) as info:
+        hard_exit()
+    assert info.value.state == "FAILED"
+    assert info.value.exit_code == 7
