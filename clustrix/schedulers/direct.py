@@ -1,7 +1,7 @@
-"""No scheduler: the job runs detached on an SSH host, tracked by its process group.
+"""No scheduler: the job runs detached on an SSH host, tracked by its session.
 
 The job survives the SSH session (``setsid`` + ``nohup``), its exit code lands in a file, a
-time limit is enforced with ``timeout``, and cancelling signals the whole process group.
+time limit is enforced with ``timeout``, and cancelling signals the whole session.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ class DirectScheduler(Scheduler):
         return f"exec {command}"
 
     def submit_command(self, script: str, context: ScriptContext) -> str:
-        # setsid gives the job a session and process group of its own, whose id the job
-        # records itself (setsid may fork, so $! would not be it); a cancel signals the whole
-        # group. The exit code is kept in a file for the status check.
+        # setsid gives the job a session of its own, whose id the job records itself
+        # (setsid may fork, so $! would not be it); a cancel signals the whole session. The exit code is kept in a file for the status check.
         inner = (
             f"echo $$ > pid; bash {shlex.quote(script)} > stdout 2> stderr < /dev/null; "
             "echo $? > exit_code"
@@ -87,6 +86,7 @@ class DirectScheduler(Scheduler):
         return JobStatus(JobState.FAILED, code)
 
     def cancel_command(self, job_ids: list[str]) -> str:
-        # The pid is the process group id: signal the group, then the process if it remains.
-        groups = " ".join(shlex.quote(f"-{job_id}") for job_id in job_ids)
-        return f"kill -TERM -- {groups} 2>/dev/null; true"
+        # The pid is the job's session id; `timeout` moves into a process group of its own,
+        # so signal the whole session rather than one group.
+        sessions = " ".join(f"pkill -TERM -s {shlex.quote(job_id)};" for job_id in job_ids)
+        return f"{sessions} true"

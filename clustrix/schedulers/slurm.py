@@ -128,9 +128,12 @@ class SlurmScheduler(Scheduler):
         for line in queue_part.strip().splitlines():
             fields = line.split("|")
             if len(fields) >= 2:
-                # squeue is current; sacct can lag behind it by a second or two.
+                # squeue is current (sacct can lag a second or two); only sacct has exit codes.
+                known = statuses.get(fields[0])
                 statuses[fields[0]] = JobStatus(
-                    parse_state(fields[1]), None, fields[2] if len(fields) > 2 else ""
+                    parse_state(fields[1]),
+                    known.exit_code if known else None,
+                    fields[2] if len(fields) > 2 else "",
                 )
         return {job_id: statuses.get(job_id, JobStatus(JobState.UNKNOWN)) for job_id in job_ids}
 

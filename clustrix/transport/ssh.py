@@ -271,11 +271,13 @@ class SSHTransport:
             channel = self._open_channel()
         with channel:
             channel.exec_command(command)
-            if stdin:
-                channel.sendall(stdin)
-            channel.shutdown_write()
+            # Feed stdin from another thread: a command that writes while it reads (tar, cat)
+            # would otherwise stall once both directions' windows are full.
+            feeder = threading.Thread(target=_feed, args=(channel, stdin or b""), daemon=True)
+            feeder.start()
             stdout, stderr = _drain(channel, timeout)
             exit_code = channel.recv_exit_status()
+            feeder.join(timeout=5)
         result = CommandResult(command, exit_code, stdout, stderr)
         return result.check(self.where) if check else result
 
@@ -316,6 +318,15 @@ class SSHTransport:
         return self._home
 
 
+def _feed(channel: paramiko.Channel, data: bytes) -> None:
+    try:
+        if data:
+            channel.sendall(data)
+        channel.shutdown_write()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass  # the command ended without reading everything; its exit code tells the story
+
+
 def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, str]:
     """Read stdout and stderr together, so a chatty stderr cannot stall a large stdout."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -334,7 +345,7 @@ def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, str
             select.select([channel], [], [], 0.5)
 
 
-_connections: dict[tuple[str, int, str], SSHTransport] = {}
+_connections: dict[tuple[str, int, str, str | None], SSHTransport] = {}
 _connections_lock = threading.Lock()
 
 
@@ -350,7 +361,7 @@ def shared_transport(
 ) -> SSHTransport:
     """The process-wide connection for (host, port, user), created on first use."""
     target = resolve_target(host, port, username, key_file)
-    key = (target.hostname, target.port, target.username)
+    key = (target.hostname, target.port, target.username, target.proxy_jump)
     with _connections_lock:
         transport = _connections.get(key)
         if transport is None:

@@ -82,8 +82,10 @@ def test_cluster() -> Iterator[TestCluster]:
     host = values.get("CLUSTRIX_TEST_SSH_HOST")
     port = int(values.get("CLUSTRIX_TEST_SSH_PORT", "0") or 0)
     if not host or not _reachable(host, port):
-        message = f"the test cluster is not running (no reachable sshd from {ENV_FILE}); " \
-                  "start it with: sudo scripts/testcluster.sh up"
+        message = (
+            f"the test cluster is not running (no reachable sshd from {ENV_FILE}); "
+            "start it with: sudo scripts/testcluster.sh up"
+        )
         if os.environ.get("CLUSTRIX_REQUIRE_CLUSTER") == "1":
             pytest.fail(message)
         pytest.skip(message)

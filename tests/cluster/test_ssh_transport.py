@@ -1,0 +1,162 @@
+"""The SSH transport against the real sshd of the test cluster."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+import clustrix
+from clustrix.errors import AuthenticationError, ConnectionFailedError, HostKeyError
+from clustrix.transport.ssh import SSHTransport, resolve_target, shared_transport
+
+
+def transport_for(test_cluster, known_hosts: Path, **kwargs) -> SSHTransport:
+    target = resolve_target(
+        test_cluster.host,
+        test_cluster.port,
+        test_cluster.user,
+        kwargs.pop("key_file", test_cluster.key_file),
+    )
+    return SSHTransport(target, known_hosts=known_hosts, **kwargs)
+
+
+def test_unknown_host_is_refused_with_fingerprint_and_advice(test_cluster, tmp_path):
+    known_hosts = tmp_path / "known_hosts"
+    with pytest.raises(HostKeyError) as info:
+        transport_for(test_cluster, known_hosts).run("true")
+    message = str(info.value)
+    assert "SHA256:" in message and info.value.fingerprint in message
+    assert f"clustrix trust-host {test_cluster.host} --port {test_cluster.port}" in message
+    assert "accept-new" in message
+    assert not known_hosts.exists(), "nothing is added silently"
+
+
+def test_accept_new_records_the_key_then_strict_accepts_it(test_cluster, tmp_path):
+    known_hosts = tmp_path / "known_hosts"
+    transport = transport_for(test_cluster, known_hosts, host_key_policy="accept-new")
+    assert transport.run("echo hi").stdout == "hi\n"
+    assert known_hosts.read_text().startswith(f"[{test_cluster.host}]:{test_cluster.port} ssh-")
+    assert transport_for(test_cluster, known_hosts).run("echo again").stdout == "again\n"
+
+
+def test_changed_host_key_is_refused_even_with_accept_new(test_cluster, tmp_path):
+    known_hosts = tmp_path / "known_hosts"
+    other_key = tmp_path / "other"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
+    )
+    kind, blob = other_key.with_suffix(".pub").read_text().split()[:2]
+    known_hosts.write_text(f"[{test_cluster.host}]:{test_cluster.port} {kind} {blob}\n")
+    with pytest.raises(HostKeyError, match="does NOT match"):
+        transport_for(test_cluster, known_hosts, host_key_policy="accept-new").run("true")
+
+
+def test_wrong_key_is_an_authentication_error(test_cluster, tmp_path):
+    wrong = tmp_path / "wrong"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    with pytest.raises(
+        AuthenticationError, match=f"authentication failed for {test_cluster.user}@"
+    ):
+        transport_for(test_cluster, Path(test_cluster.known_hosts), key_file=str(wrong)).run("true")
+    with pytest.raises(AuthenticationError, match="does not exist"):
+        transport_for(
+            test_cluster, Path(test_cluster.known_hosts), key_file=str(tmp_path / "nope")
+        ).run("true")
+
+
+def test_unreachable_host_is_a_connection_error(test_cluster):
+    target = resolve_target(test_cluster.host, 1, test_cluster.user, test_cluster.key_file)
+    with pytest.raises(ConnectionFailedError, match="cannot connect to"):
+        SSHTransport(target, known_hosts=Path(test_cluster.known_hosts)).run("true")
+
+
+def test_ssh_config_alias_is_honoured(test_cluster, isolated_config):
+    ssh_dir = isolated_config / ".ssh"
+    ssh_dir.mkdir()
+    shutil.copy(test_cluster.known_hosts, ssh_dir / "known_hosts")
+    (ssh_dir / "config").write_text(
+        "Host testlogin\n"
+        f"  HostName {test_cluster.host}\n  Port {test_cluster.port}\n"
+        f"  User {test_cluster.user}\n  IdentityFile {test_cluster.key_file}\n"
+    )
+    target = resolve_target("testlogin")
+    assert (target.hostname, target.port, target.username) == (
+        test_cluster.host,
+        test_cluster.port,
+        test_cluster.user,
+    )
+    assert SSHTransport(target).run("whoami").stdout.strip() == test_cluster.user
+
+    clustrix.configure(
+        cluster_type="ssh", cluster_host="testlogin", remote_work_dir=test_cluster.work_dir
+    )
+
+    @clustrix.cluster
+    def where():
+        import getpass
+
+        return getpass.getuser()
+
+    assert where() == test_cluster.user
+
+
+def test_proxy_jump_through_the_same_host(test_cluster, isolated_config):
+    ssh_dir = isolated_config / ".ssh"
+    ssh_dir.mkdir()
+    shutil.copy(test_cluster.known_hosts, ssh_dir / "known_hosts")
+    (ssh_dir / "config").write_text(
+        "Host jumphost\n"
+        f"  HostName {test_cluster.host}\n  Port {test_cluster.port}\n"
+        f"  User {test_cluster.user}\n  IdentityFile {test_cluster.key_file}\n"
+        "Host behind\n"
+        f"  HostName {test_cluster.host}\n  Port {test_cluster.port}\n"
+        f"  User {test_cluster.user}\n  IdentityFile {test_cluster.key_file}\n"
+        "  ProxyJump jumphost\n"
+    )
+    transport = shared_transport("behind")
+    assert transport.target.proxy_jump == "jumphost"
+    assert transport.run("echo through").stdout == "through\n"
+    transport.close()
+
+
+def test_one_connection_shared_by_threads_and_reconnected_after_a_drop(test_cluster):
+    transport = transport_for(test_cluster, Path(test_cluster.known_hosts))
+    outputs: list[str] = []
+
+    def work(i: int) -> None:
+        outputs.append(transport.run(f"echo {i}").stdout.strip())
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outputs, key=int) == [str(i) for i in range(20)]
+    first_client = transport._client
+
+    first_client.get_transport().close()  # the network drops the connection
+    assert transport.run("echo back").stdout == "back\n"
+    assert transport._client is not first_client
+
+
+def test_file_round_trip_and_missing_file(test_cluster, tmp_path):
+    transport = transport_for(test_cluster, Path(test_cluster.known_hosts))
+    path = f"{transport.home()}/clustrix-transport-test.bin"
+    data = bytes(range(256)) * 4096
+    transport.write_file(path, data, mode=0o600)
+    assert transport.read_file(path) == data
+    assert transport.run(f"stat -c %a {path}").stdout.strip() == "600"
+    transport.run(f"rm -f {path}")
+    with pytest.raises(FileNotFoundError):
+        transport.read_file(path)
+
+
+def test_large_binary_output_and_stdin(test_cluster):
+    transport = transport_for(test_cluster, Path(test_cluster.known_hosts))
+    result = transport.run("cat; head -c 100000 /dev/zero >&2", stdin=b"\x00\x01" * 3_000_000)
+    assert result.stdout_bytes == b"\x00\x01" * 3_000_000
+    assert len(result.stderr) == 100000
