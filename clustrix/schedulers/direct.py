@@ -38,7 +38,8 @@ class DirectScheduler(Scheduler):
 
     def submit_command(self, script: str, context: ScriptContext) -> str:
         # setsid gives the job a session of its own, whose id the job records itself
-        # (setsid may fork, so $! would not be it); a cancel signals the whole session. The exit code is kept in a file for the status check.
+        # (setsid may fork, so $! would not be it); a cancel signals the whole session.
+        # The exit code is kept in a file for the status check.
         inner = (
             f"echo $$ > pid; bash {shlex.quote(script)} > stdout 2> stderr < /dev/null; "
             "echo $? > exit_code"

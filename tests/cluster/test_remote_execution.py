@@ -267,7 +267,7 @@ def test_version_skew_is_reported_before_unpickling(on_ssh):
         timeout=300,
     )
     clustrix.configure(python_executable=f"{venv}/bin/python")
-    with pytest.raises(clustrix.errors.VersionMismatchError, match="cloudpickle 2.2.1"):
+    with pytest.raises(clustrix.errors.VersionMismatchError, match=r"cloudpickle 2\.2\.1"):
         add(1, 2)
 
 
