@@ -94,12 +94,11 @@ class RemoteJob:
     submitted: float = field(default_factory=time.monotonic)
     next_check: float = 0.0
     state: JobState = JobState.PENDING
-    unknown_checks: int = 0
     missing_result_checks: int = 0
     stdout: str | None = None
     stderr: str | None = None
 
     def schedule_next_check(self, now: float) -> None:
-        """Check young jobs often and old ones rarely: most calls are short."""
+        """Check often in the first seconds, when short calls end, then back off."""
         age = now - self.submitted
-        self.next_check = now + min(self.poll_interval, max(0.1, age * 0.25))
+        self.next_check = now + min(self.poll_interval, max(0.1, (age - 1.5) * 0.25))

@@ -8,6 +8,7 @@ interval, however many there are. Results, logs and failures come back through t
 
 from __future__ import annotations
 
+import base64
 import logging
 import shlex
 import sys
@@ -47,6 +48,17 @@ from .transport.local import LocalTransport
 logger = logging.getLogger("clustrix.remote")
 
 _SECTION = "--clustrix-results--"
+_MARK = "--clustrix-job--"
+_INLINE_LIMIT = 4 * 1024 * 1024
+# collect FOLDER JOB_ID: print a marker and, if small, the result and logs as base64 tar.
+_COLLECT_FUNCTION = (
+    'collect() { [ -e "$1/' + RESULT_FILE + '" ] || return 0; '
+    'if [ "$(stat -c %s "$1/' + RESULT_FILE + '")" -le ' + str(_INLINE_LIMIT) + " ]; then "
+    'echo "' + _MARK + ' $2 inline"; '
+    'tar -c -f - -C "$1" --ignore-failed-read ' + RESULT_FILE + " stdout stderr 2>/dev/null "
+    "| base64 -w0; echo; "
+    'else echo "' + _MARK + ' $2 large"; fi; }'
+)
 _FAILURES: dict[JobState, type[JobFailedError]] = {
     JobState.CANCELLED: JobCancelledError,
     JobState.TIMEOUT: JobTimeoutError,
@@ -296,44 +308,58 @@ class RemoteBackend:
                         job.next_check = time.monotonic() + min(job.poll_interval, 0.5 * failures)
 
     def poll(self, jobs: list[RemoteJob]) -> None:
-        """One round trip: the scheduler's view of every job, then which have a result."""
-        status_command = self.scheduler.status_command({j.scheduler_id: j.folder for j in jobs})
-        result_checks = "; ".join(
-            f"[ -e {shlex.quote(f'{j.folder}/{RESULT_FILE}')} ] && echo {shlex.quote(j.job_id)}"
-            for j in jobs
+        """One round trip: the scheduler's view of every job, and the finished jobs' results.
+
+        Results up to ``_INLINE_LIMIT`` bytes come back in the same output (base64 of a tar
+        with the logs), so a short call costs no extra round trip to collect.
+        """
+        status_command = self.scheduler.status_command(
+            {j.scheduler_id: j.folder for j in jobs},
+            detailed=any(j.missing_result_checks for j in jobs),
+        )
+        collect = "; ".join(
+            f"collect {shlex.quote(j.folder)} {shlex.quote(j.job_id)}" for j in jobs
         )
         output = self.transport.run(
-            f"{status_command}; echo {_SECTION}; {result_checks}; true", check=False
+            f"{_COLLECT_FUNCTION}; {status_command}; echo {_SECTION}; {collect}; true",
+            check=False,
         ).stdout
         status_part, _, result_part = output.partition(_SECTION)
         statuses = self.scheduler.parse_status(status_part, [j.scheduler_id for j in jobs])
-        with_result = set(result_part.split())
+        collected = _parse_collected(result_part)
         now = time.monotonic()
+        finished: list[RemoteJob] = []
         for job in jobs:
             if job.future.done():
                 self._forget(job)
-            elif job.job_id in with_result:
-                self._collect(job)
+            elif job.job_id in collected:
+                files = collected[job.job_id]
+                if files is None:  # too large to inline: fetch it on its own
+                    files = self._fetch(job, [RESULT_FILE, "stdout", "stderr"])
+                if self._collect(job, files):
+                    finished.append(job)
             else:
                 self._judge(job, statuses[job.scheduler_id], now)
+        cleanup = [shlex.quote(job.folder) for job in finished if job.cleanup_on_success]
+        if cleanup:  # after the futures are settled: nobody waits for this
+            self.transport.run(f"rm -rf {' '.join(cleanup)}", check=False)
 
     def _judge(self, job: RemoteJob, status: JobStatus, now: float) -> None:
         job.state = status.state
-        if status.state is JobState.UNKNOWN:
-            job.unknown_checks += 1
-        if status.state.finished or job.unknown_checks > 10:
-            # A result file written at the very end may not be visible yet on a shared file
-            # system: look a few more times before declaring the job dead.
+        if status.state.finished or status.state is JobState.UNKNOWN:
+            # Ended (or forgotten by the queue) without a result: a result written at the very
+            # end may not be visible yet on a shared file system, so look a few more times,
+            # asking the scheduler for details (exit code, accounting) meanwhile.
             job.missing_result_checks += 1
-            if job.missing_result_checks >= 3:
+            if job.missing_result_checks > 3:
                 self._fail(job, status)
                 return
             job.next_check = now + 0.5
             return
         job.schedule_next_check(now)
 
-    def _collect(self, job: RemoteJob) -> None:
-        files = self._fetch(job, [RESULT_FILE, "stdout", "stderr"])
+    def _collect(self, job: RemoteJob, files: Mapping[str, bytes]) -> bool:
+        """Settle a job's future from its fetched files; True if the call succeeded."""
         self._remember_logs(job, files)
         try:
             ((ok, value),) = batch_outcomes(
@@ -347,9 +373,8 @@ class RemoteBackend:
                 ClustrixError(f"could not read the result of job {job.job_id}: {exc}"),
             )
         self._forget(job)
-        if ok and job.cleanup_on_success:
-            self.transport.run(f"rm -rf {shlex.quote(job.folder)}", check=False)
         _settle(job.future, ok, value)
+        return ok
 
     def _fail(self, job: RemoteJob, status: JobStatus) -> None:
         files = self._fetch(job, ["stdout", "stderr"])
@@ -415,6 +440,18 @@ class RemoteBackend:
 
 
 _EMPTY_TAR = b"\0" * 1024
+
+
+def _parse_collected(text: str) -> dict[str, dict[str, bytes] | None]:
+    """``{job id: files}`` from the collect output; None marks a result too large to inline."""
+    collected: dict[str, dict[str, bytes] | None] = {}
+    lines = iter(text.splitlines())
+    for line in lines:
+        if not line.startswith(_MARK):
+            continue
+        _, job_id, how = line.split()
+        collected[job_id] = untar(base64.b64decode(next(lines, ""))) if how == "inline" else None
+    return collected
 
 
 def _tail(text: str, lines: int) -> str:

@@ -110,8 +110,12 @@ class Scheduler:
     def parse_job_id(self, output: str) -> str:
         raise NotImplementedError
 
-    def status_command(self, jobs: Mapping[str, str]) -> str:
-        """One command reporting on all jobs (scheduler id -> job folder) for ``parse_status``."""
+    def status_command(self, jobs: Mapping[str, str], detailed: bool = False) -> str:
+        """One command reporting on all jobs (scheduler id -> job folder) for ``parse_status``.
+
+        ``detailed`` asks for what costs more to learn (exit codes, long-finished jobs); it
+        is requested only for jobs that ended without leaving a result.
+        """
         raise NotImplementedError
 
     def parse_status(self, output: str, job_ids: Iterable[str]) -> dict[str, JobStatus]:

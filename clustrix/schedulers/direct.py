@@ -52,7 +52,7 @@ class DirectScheduler(Scheduler):
     def parse_job_id(self, output: str) -> str:
         return output.strip().splitlines()[-1].strip()
 
-    def status_command(self, jobs: Mapping[str, str]) -> str:
+    def status_command(self, jobs: Mapping[str, str], detailed: bool = False) -> str:
         checks = []
         for pid, folder in jobs.items():
             code_file = shlex.quote(f"{folder}/exit_code")

@@ -104,16 +104,21 @@ class SlurmScheduler(Scheduler):
         # --parsable prints "id" or "id;cluster".
         return output.strip().splitlines()[-1].split(";")[0].strip()
 
-    def status_command(self, jobs: Mapping[str, str]) -> str:
+    def status_command(self, jobs: Mapping[str, str], detailed: bool = False) -> str:
         ids = shlex.quote(",".join(jobs))
-        # squeue knows queued and running jobs; sacct (when accounting is on) knows how
-        # finished ones ended. Both run in one round trip; either may fail harmlessly.
-        return (
+        # squeue knows queued, running and recently ended jobs in milliseconds. sacct (when
+        # accounting is on) knows exit codes and jobs squeue has forgotten, but costs a
+        # database query: it runs only for a detailed look at jobs that ended without result.
+        command = (
             f"squeue --noheader --states=all --format='%i|%T|%r' --jobs={ids} 2>/dev/null; "
             f"echo {_SECTION}; "
-            f"sacct --noheader --parsable2 --allocations --format=JobID,State,ExitCode "
-            f"--jobs={ids} 2>/dev/null; true"
         )
+        if detailed:
+            command += (
+                "sacct --noheader --parsable2 --allocations --format=JobID,State,ExitCode "
+                f"--jobs={ids} 2>/dev/null; "
+            )
+        return command + "true"
 
     def parse_status(self, output: str, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         queue_part, _, accounting_part = output.partition(_SECTION)
