@@ -183,10 +183,16 @@ def test_status_local(runner):
     assert "status: ready" in result.output
 
 
-def test_status_remote_backend_is_not_available_yet(runner):
-    result = runner.invoke(main, ["status"], env={"CLUSTRIX_CLUSTER_TYPE": "slurm"})
+def test_status_of_an_unreachable_cluster_is_one_line(runner):
+    env = {
+        "CLUSTRIX_CLUSTER_TYPE": "slurm",
+        "CLUSTRIX_CLUSTER_HOST": "127.0.0.1",
+        "CLUSTRIX_CLUSTER_PORT": "1",
+    }
+    result = runner.invoke(main, ["status"], env=env)
     assert result.exit_code == 1
-    assert "Error: the slurm backend is not available" in result.output
+    assert "Error: cannot connect to" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_broken_config_is_one_line_error(runner, isolated_config):
