@@ -59,7 +59,8 @@ def timed(call, count: int) -> list[float]:
 def describe(name: str, durations: list[float]) -> float:
     median = statistics.median(durations)
     print(
-        f"  {name:<36} median {median:6.3f} s   min {min(durations):6.3f}   max {max(durations):6.3f}"
+        f"  {name:<36} median {median:6.3f} s   "
+        f"min {min(durations):6.3f}   max {max(durations):6.3f}"
     )
     return median
 
@@ -112,7 +113,8 @@ def main() -> None:
         reused_times.append(time.perf_counter() - started)
     reused = statistics.median(reused_times)
     print(
-        f"  built {built:.2f} s, reused {reused:.3f} s: ratio {reused / built:.3f} (target < 0.05)\n"
+        f"  built {built:.2f} s, reused {reused:.3f} s: "
+        f"ratio {reused / built:.3f} (target < 0.05)\n"
     )
 
     remote_trivial(0)  # warm: connection open, environment known

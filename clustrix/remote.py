@@ -291,20 +291,22 @@ class RemoteBackend:
                 if soonest > now:
                     self._lock.wait(timeout=soonest - now)
                     continue
-                due = [job for job in self._pending.values() if job.next_check <= now]
+                # Ask about every pending job, not only the due ones: it is the same one
+                # command, and it keeps the query count at one per interval.
+                jobs = list(self._pending.values())
             try:
-                self.poll(due)
+                self.poll(jobs)
                 failures = 0
             except Exception as exc:  # the connection, mostly: keep every job, try again
                 failures += 1
                 logger.warning(
                     "status check of %d job(s) on %s failed (%s); retrying",
-                    len(due),
+                    len(jobs),
                     self.transport.where,
                     exc,
                 )
                 with self._lock:
-                    for job in due:
+                    for job in jobs:
                         job.next_check = time.monotonic() + min(job.poll_interval, 0.5 * failures)
 
     def poll(self, jobs: list[RemoteJob]) -> None:

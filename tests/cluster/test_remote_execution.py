@@ -291,3 +291,84 @@ def test_job_failed_error_carries_the_scheduler_state(on_slurm):
         hard_exit()
     assert info.value.state == "FAILED"
     assert info.value.exit_code == 7
+
+
+def test_pre_execution_commands_and_requirements_file(on_slurm, tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("six==1.16.0\n")
+    clustrix.configure(pre_execution_commands=["export FROM_PRE=ran", "cd /tmp"])
+
+    @cluster(time="00:05:00", environment=str(requirements))
+    def inspect_job():
+        import six
+
+        return os.environ.get("FROM_PRE"), six.__version__
+
+    assert inspect_job() == ("ran", "1.16.0")
+
+
+def test_all_pending_jobs_share_one_status_command_per_poll(on_slurm):
+    backend = backend_for(clustrix.get_config())
+    commands: list[str] = []
+    original = backend.transport.run
+
+    def recording_run(command, **kwargs):
+        commands.append(command)
+        return original(command, **kwargs)
+
+    backend.transport.run = recording_run
+    try:
+        futures = [wait_and_return.submit(2, i) for i in range(6)]
+        assert [f.result(timeout=300) for f in futures] == list(range(6))
+    finally:
+        del backend.transport.run
+    polls = [c for c in commands if "squeue" in c]
+    assert polls, "the jobs were polled"
+    ids = [f.scheduler_id for f in futures]
+    assert any(all(i in poll for i in ids) for poll in polls), "one command covers every job"
+    assert len(polls) < 6 * 10, "not one query per job per interval"
+
+
+def test_output_can_be_echoed_locally(on_ssh, capsys):
+    clustrix.configure(echo_job_output=True)
+
+    @cluster(time="00:05:00")
+    def speak():
+        print("hello from the job")
+        return 1
+
+    assert speak() == 1
+    assert "hello from the job" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_waiting_cancels_the_job(on_slurm):
+    script = """
+import clustrix, time
+@clustrix.cluster(time="00:05:00")
+def slow():
+    time.sleep(300)
+future = slow.submit()
+print(future.scheduler_id, flush=True)
+slow()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTRIX_")}
+    env.update(on_slurm.environ("slurm"), HOME=os.environ["HOME"])
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    first_job = process.stdout.readline().strip()
+    time.sleep(3)  # the second call is now waiting for its job
+    process.send_signal(2)  # SIGINT, as Ctrl-C sends
+    _, stderr = process.communicate(timeout=60)
+    assert "KeyboardInterrupt" in stderr
+    transport = on_slurm.transport()
+    queue = transport.run("squeue -h -u $USER -o '%i %T %j'").stdout
+    running = [line for line in queue.splitlines() if "RUNNING" in line or "PENDING" in line]
+    # The interrupted call's job is gone; the first one (only submitted) is still there.
+    assert any(line.startswith(first_job + " ") for line in running)
+    assert len([line for line in running if "clustrix-slow" in line]) == 1
+    transport.run(f"scancel {first_job}")

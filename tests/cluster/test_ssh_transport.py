@@ -160,3 +160,17 @@ def test_large_binary_output_and_stdin(test_cluster):
     result = transport.run("cat; head -c 100000 /dev/zero >&2", stdin=b"\x00\x01" * 3_000_000)
     assert result.stdout_bytes == b"\x00\x01" * 3_000_000
     assert len(result.stderr) == 100000
+
+
+def test_ssh_agent_provides_the_key(test_cluster, isolated_config, monkeypatch):
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    values = dict(part.split("=", 1) for part in agent.replace(";", "\n").split() if "=" in part)
+    monkeypatch.setenv("SSH_AUTH_SOCK", values["SSH_AUTH_SOCK"])
+    try:
+        subprocess.run(["ssh-add", test_cluster.key_file], check=True, capture_output=True)
+        target = resolve_target(test_cluster.host, test_cluster.port, test_cluster.user)
+        assert target.key_files == ()  # no key file: only the agent can authenticate
+        transport = SSHTransport(target, known_hosts=Path(test_cluster.known_hosts))
+        assert transport.run("whoami").stdout.strip() == test_cluster.user
+    finally:
+        subprocess.run(["kill", values["SSH_AGENT_PID"]], check=False)

@@ -1,0 +1,147 @@
+"""Scheduler modules as pure functions: rendered scripts and parsed status output."""
+
+from __future__ import annotations
+
+import pytest
+
+from clustrix import ConfigError, Resources
+from clustrix.schedulers import JobState, ScriptContext
+from clustrix.schedulers.base import setup_lines
+from clustrix.schedulers.direct import DirectScheduler
+from clustrix.schedulers.slurm import SlurmScheduler, parse_state
+
+
+def context(**overrides):
+    values = dict(
+        job_name="clustrix-f",
+        job_dir="/home/u/clustrix/job-1",
+        python_command="/env/bin/python",
+        module_loads=("gcc/12",),
+        environment_variables={"OMP_NUM_THREADS": "4"},
+        pre_execution_commands=("ulimit -c 0",),
+        account="proj",
+        qos="short",
+        options={},
+    )
+    values.update(overrides)
+    return ScriptContext(**values)
+
+
+def test_slurm_script_for_a_sample_request():
+    resources = Resources.parse(cores=8, memory="16GB", time="1-02:00:00", gpus=2, partition="gpu")
+    script = SlurmScheduler().render_script(
+        resources, context(options={"constraint": "a100", "exclusive": True})
+    )
+    assert script == (
+        "#!/bin/bash\n"
+        "#SBATCH --output=stdout\n"
+        "#SBATCH --error=stderr\n"
+        "#SBATCH --cpus-per-task=8\n"
+        "#SBATCH --mem=16384M\n"
+        "#SBATCH --time=1-02:00:00\n"
+        "#SBATCH --partition=gpu\n"
+        "#SBATCH --gres=gpu:2\n"
+        "#SBATCH --account=proj\n"
+        "#SBATCH --qos=short\n"
+        "#SBATCH --constraint=a100\n"
+        "#SBATCH --exclusive\n"
+        "# slurm job written by clustrix\n"
+        "set -e\n"
+        "module load gcc/12\n"
+        "export OMP_NUM_THREADS=4\n"
+        "ulimit -c 0\n"
+        "cd /home/u/clustrix/job-1\n"
+        "exec /env/bin/python runner.py /home/u/clustrix/job-1 0\n"
+    )
+
+
+def test_slurm_gpus_option_replaces_gres():
+    resources = Resources.parse(gpus=2)
+    script = SlurmScheduler().render_script(resources, context(options={"gpus": "a100:2"}))
+    assert "--gpus=a100:2" in script and "--gres" not in script
+
+
+def test_values_are_quoted_in_setup_lines():
+    lines = setup_lines(["my module; rm -rf /"], {"X": "a'b $(c)\nd"}, [])
+    assert lines == ["module load 'my module; rm -rf /'", "export X='a'\"'\"'b $(c)\nd'"]
+
+
+def test_job_name_is_quoted_on_the_command_line():
+    command = SlurmScheduler().submit_command("job.sh", context(job_name="a'b;$(x)"))
+    assert command == "sbatch --parsable --job-name='a'\"'\"'b;$(x)' job.sh"
+
+
+def test_unknown_and_multiline_options_are_rejected():
+    scheduler = SlurmScheduler()
+    with pytest.raises(
+        ConfigError, match="unknown slurm option 'constrain'; did you mean 'constraint'"
+    ):
+        scheduler.check_options({"constrain": "x"})
+    with pytest.raises(ConfigError, match="contains a line break"):
+        scheduler.check_options({"comment": "a\n#SBATCH --mem=1T"})
+
+
+@pytest.mark.parametrize(
+    ("text", "state"),
+    [
+        ("PENDING", JobState.PENDING),
+        ("RUNNING", JobState.RUNNING),
+        ("COMPLETING", JobState.RUNNING),
+        ("COMPLETED", JobState.COMPLETED),
+        ("FAILED", JobState.FAILED),
+        ("CANCELLED by 1000", JobState.CANCELLED),
+        ("CANCELLED+", JobState.CANCELLED),
+        ("TIMEOUT", JobState.TIMEOUT),
+        ("OUT_OF_MEMORY", JobState.OUT_OF_MEMORY),
+        ("NODE_FAIL", JobState.NODE_FAIL),
+        ("PREEMPTED", JobState.PREEMPTED),
+        ("REQUEUED", JobState.PREEMPTED),
+        ("BOOT_FAIL", JobState.NODE_FAIL),
+        ("SOMETHING_NEW", JobState.UNKNOWN),
+    ],
+)
+def test_slurm_state_names(text, state):
+    assert parse_state(text) is state
+
+
+def test_slurm_status_prefers_squeue_state_and_sacct_exit_code():
+    output = (
+        "11|RUNNING|None\n12|COMPLETED|None\n"
+        "--clustrix-section--\n"
+        "12|COMPLETED|0:0\n13|OUT_OF_MEMORY|0:125\n14|FAILED|7:0\n"
+    )
+    statuses = SlurmScheduler().parse_status(output, ["11", "12", "13", "14", "15"])
+    assert statuses["11"].state is JobState.RUNNING
+    assert (statuses["12"].state, statuses["12"].exit_code) == (JobState.COMPLETED, 0)
+    assert statuses["13"].state is JobState.OUT_OF_MEMORY
+    assert (statuses["14"].state, statuses["14"].exit_code) == (JobState.FAILED, 7)
+    assert statuses["15"].state is JobState.UNKNOWN
+
+
+def test_slurm_status_asks_sacct_only_for_a_detailed_look():
+    scheduler = SlurmScheduler()
+    assert "sacct" not in scheduler.status_command({"1": "/a", "2": "/b"})
+    detailed = scheduler.status_command({"1": "/a", "2": "/b"}, detailed=True)
+    assert "--jobs=1,2" in detailed and "sacct" in detailed
+
+
+def test_direct_script_enforces_the_time_limit():
+    script = DirectScheduler().render_script(Resources.parse(time="00:00:05"), context(options={}))
+    assert "#SBATCH" not in script
+    assert script.endswith(
+        "exec timeout --kill-after=10 5 /env/bin/python runner.py /home/u/clustrix/job-1 0\n"
+    )
+
+
+def test_direct_status_parsing():
+    output = "100 RUNNING\n101 DONE 0\n102 DONE 124\n103 DONE 143\n104 DONE 1\n105 LOST\n"
+    statuses = DirectScheduler().parse_status(
+        output, ["100", "101", "102", "103", "104", "105", "106"]
+    )
+    assert statuses["100"].state is JobState.RUNNING
+    assert statuses["101"].state is JobState.COMPLETED
+    assert statuses["102"].state is JobState.TIMEOUT
+    assert statuses["103"].state is JobState.CANCELLED
+    assert (statuses["104"].state, statuses["104"].exit_code) == (JobState.FAILED, 1)
+    assert statuses["105"].state is JobState.FAILED
+    assert statuses["106"].state is JobState.UNKNOWN
