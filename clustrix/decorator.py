@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
 from .config import ClusterConfig, resolve_config
-from .errors import ConfigError, WorkerCrashedError
+from .errors import ConfigError, NodeFailureError, WorkerCrashedError
 from .futures import ClusterFuture, add_note
 from .local import KINDS, LocalExecutor, available_cores, in_worker, shared_executor
 from .payload import pickling_for_remote
@@ -298,8 +298,12 @@ def _rebuild(func: Callable[..., Any], arguments: dict[str, Any]) -> ClusterFunc
     return ClusterFunction(func, **arguments)
 
 
+# Failures of the machine rather than of the call: running it again may well succeed.
+_RETRIED_FAILURES = (WorkerCrashedError, NodeFailureError)
+
+
 def _with_retries(start: Callable[[], ClusterFuture], retries: int) -> ClusterFuture:
-    """Re-run a call whose worker died, up to ``retries`` more times, behind one future."""
+    """Re-run a call whose worker or node died, up to ``retries`` more times, behind one future."""
     first = start()
     outer = ClusterFuture(first.name, first.backend)
     current = {"future": first}
@@ -312,7 +316,7 @@ def _with_retries(start: Callable[[], ClusterFuture], retries: int) -> ClusterFu
             outer.cancel()
             return
         error = done.exception()
-        if isinstance(error, WorkerCrashedError) and outer.attempts <= retries:
+        if isinstance(error, _RETRIED_FAILURES) and outer.attempts <= retries:
             outer.attempts += 1
             logger.warning(
                 "retrying %s (attempt %d of %d): %s",

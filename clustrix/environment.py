@@ -298,17 +298,21 @@ def plan_environment(
     python_executable: str | None,
     conda_env_name: str | None,
     payloads: Iterable[bytes],
+    modules: set[str] | None = None,
 ) -> EnvironmentPlan:
-    """Decide how the job gets its Python: an existing one, or a venv built from requirements."""
+    """Decide how the job gets its Python: an existing one, or a venv built from requirements.
+
+    ``modules`` are those ``prepare_local_modules`` found, when it already ran.
+    """
     if python_executable:
         return EnvironmentPlan((), None, python=python_executable)
     if conda_env_name:
         return EnvironmentPlan((), None, conda_env=conda_env_name)
     if environment in (None, "auto"):
-        modules = modules_used_by(func)
+        needed = set(modules) if modules is not None else modules_used_by(func)
         for payload in payloads:
-            modules |= modules_named_in_pickle(payload)
-        install, _ = classify_modules(modules)
+            needed |= modules_named_in_pickle(payload)
+        install, _ = classify_modules(needed)
         requirements: list[str] = [f"{name}=={version}" for name, version in install.items()]
     else:
         requirements = explicit_requirements(environment)
@@ -323,8 +327,12 @@ def plan_environment(
     return EnvironmentPlan(pinned, environment_key(pinned))
 
 
-def prepare_local_modules(func: Callable[..., Any], values: Iterable[Any]) -> None:
-    """Before pickling: make the user's own, uninstallable modules travel by value."""
+def prepare_local_modules(func: Callable[..., Any], values: Iterable[Any]) -> set[str]:
+    """Before pickling: make the user's own, uninstallable modules travel by value.
+
+    Returns the modules the call uses, for ``plan_environment``.
+    """
     modules = modules_used_by(func) | {m for m in map(_module_of, values) if m}
     _, local = classify_modules(modules)
     ship_by_value(local)
+    return modules

@@ -132,6 +132,10 @@ class AuthenticationError(ClustrixError):
     """The SSH server refused every credential offered."""
 
 
+class SchedulerUnavailableError(ClustrixError):
+    """The scheduler did not answer a status query; the query is retried."""
+
+
 class HostKeyError(ClustrixError):
     """The SSH server's host key is unknown or does not match known_hosts."""
 

@@ -157,7 +157,7 @@ class RemoteBackend:
         job_name = str(options.pop("job_name", f"clustrix-{getattr(func, '__name__', 'call')}"))
         self.scheduler.check_options(options)
         name = function_name(func)
-        prepare_local_modules(func, [*args, *kwargs.values()])
+        modules = prepare_local_modules(func, [*args, *kwargs.values()])
         with pickling_for_remote_job():
             function_bytes = pickle_function(func)
             calls_bytes = pickle_calls(func, [(args, kwargs)])
@@ -167,6 +167,7 @@ class RemoteBackend:
             python_executable=config.python_executable,
             conda_env_name=config.conda_env_name,
             payloads=[function_bytes, calls_bytes],
+            modules=modules,
         )
         report = self.ensure_environment(plan, config)
         job_id = new_job_id()

@@ -145,3 +145,13 @@ def test_direct_status_parsing():
     assert (statuses["104"].state, statuses["104"].exit_code) == (JobState.FAILED, 1)
     assert statuses["105"].state is JobState.FAILED
     assert statuses["106"].state is JobState.UNKNOWN
+
+
+def test_an_unreachable_controller_is_not_mistaken_for_vanished_jobs():
+    from clustrix.errors import SchedulerUnavailableError
+
+    forgotten = "slurm_load_jobs error: Invalid job id specified\n--clustrix-section--\n"
+    assert SlurmScheduler().parse_status(forgotten, ["9"])["9"].state is JobState.UNKNOWN
+    down = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+    with pytest.raises(SchedulerUnavailableError, match="Unable to contact"):
+        SlurmScheduler().parse_status(down + "--clustrix-section--\n", ["9"])

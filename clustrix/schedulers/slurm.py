@@ -6,6 +6,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
+from ..errors import SchedulerUnavailableError
 from ..resources import Resources, format_slurm_time
 from .base import JobState, JobStatus, Scheduler, ScriptContext, render_flag
 
@@ -110,7 +111,7 @@ class SlurmScheduler(Scheduler):
         # accounting is on) knows exit codes and jobs squeue has forgotten, but costs a
         # database query: it runs only for a detailed look at jobs that ended without result.
         command = (
-            f"squeue --noheader --states=all --format='%i|%T|%r' --jobs={ids} 2>/dev/null; "
+            f"squeue --noheader --states=all --format='%i|%T|%r' --jobs={ids} 2>&1; "
             f"echo {_SECTION}; "
         )
         if detailed:
@@ -122,6 +123,11 @@ class SlurmScheduler(Scheduler):
 
     def parse_status(self, output: str, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         queue_part, _, accounting_part = output.partition(_SECTION)
+        for line in queue_part.splitlines():
+            # "Invalid job id" only means the queue forgot finished jobs; anything else (the
+            # controller down, say) must not be mistaken for jobs that vanished.
+            if "error" in line.lower() and "invalid job id" not in line.lower():
+                raise SchedulerUnavailableError(f"squeue failed: {line.strip()}")
         statuses: dict[str, JobStatus] = {}
         for line in accounting_part.strip().splitlines():
             fields = line.split("|")
