@@ -143,6 +143,18 @@ FIELD_SPECS: dict[str, FieldSpec] = {
         "processes, threads, or inline (in the caller, for debugging).",
         choices=LOCAL_EXECUTORS,
     ),
+    "max_array_size": FieldSpec(
+        "int",
+        "Most tasks in one job array; default: what the scheduler reports (else 1000).",
+        minimum=1,
+        nullable=True,
+    ),
+    "job_store": FieldSpec("str", "SQLite file recording every remote job, to find it again."),
+    "progress": FieldSpec(
+        "choice",
+        "Progress bar for long maps: auto (in terminals and notebooks), on, or off.",
+        choices=("auto", "on", "off"),
+    ),
     "cancel_on_interrupt": FieldSpec(
         "bool", "Cancel the remote job when Ctrl-C interrupts a call waiting for it."
     ),
@@ -184,6 +196,9 @@ class ClusterConfig:
     prefer_local_parallel: bool = False
     local_parallel_threshold: float = 0.1
     local_executor: str = "auto"
+    max_array_size: int | None = None
+    job_store: str = "~/.clustrix/jobs.db"
+    progress: str = "auto"
     cancel_on_interrupt: bool = True
     echo_job_output: bool = False
     environment_variables: Mapping[str, str] = field(default_factory=dict)

@@ -16,9 +16,11 @@ from typing import Any, TypeVar, overload
 
 from .config import ClusterConfig, resolve_config
 from .errors import ConfigError, NodeFailureError, WorkerCrashedError
-from .futures import ClusterFuture, add_note
+from .futures import ClusterFuture
+from .jobs import RemoteJob
 from .local import KINDS, LocalExecutor, available_cores, in_worker, shared_executor
 from .payload import pickling_for_remote
+from .progress import gather, wanted
 from .remote import backend_for
 from .resources import Resources
 
@@ -208,15 +210,18 @@ class ClusterFunction:
         workers = min(available_cores(), config.max_parallel_jobs)
         return shared_executor(workers, config.local_executor)
 
-    def _submit_remote(self, config: ClusterConfig, args: tuple, kwargs: dict) -> ClusterFuture:
+    def _submit_remote(
+        self, config: ClusterConfig, calls: list[tuple[tuple, dict]], chunksize: int | None = None
+    ) -> RemoteJob:
         return backend_for(config).submit(
             self.__wrapped__,
-            args,
-            kwargs,
+            calls,
             config=config,
             resources=self.resources(config),
             environment=self.environment,
             options=self.scheduler_options,
+            chunksize=chunksize,
+            retries=self.retries,
         )
 
     # ------------------------------------------------------------------ calling
@@ -231,21 +236,19 @@ class ClusterFunction:
             raise
 
     def submit(self, *args: Any, **kwargs: Any) -> ClusterFuture:
-        """Start a call and return its future at once."""
+        """Start a call and return its future at once (remote: once the job is accepted)."""
         func = self.__wrapped__
         if in_worker():
             # Already inside a call Clustrix runs: nesting another pool would oversubscribe.
             return LocalExecutor(kind="inline").submit_call(func, args, kwargs)
         config = self.effective_config()
-        if config.cluster_type == "local":
-            executor = self._local_executor(config)
+        if config.cluster_type != "local":
+            # The backend resubmits tasks lost with their node (retries) by itself.
+            return self._submit_remote(config, [(args, kwargs)]).tasks[0].futures[0]
+        executor = self._local_executor(config)
 
-            def start() -> ClusterFuture:
-                return executor.submit_call(func, args, kwargs, timeout=self.timeout)
-        else:
-
-            def start() -> ClusterFuture:
-                return self._submit_remote(config, args, kwargs)
+        def start() -> ClusterFuture:
+            return executor.submit_call(func, args, kwargs, timeout=self.timeout)
 
         return start() if self.retries == 0 else _with_retries(start, self.retries)
 
@@ -255,43 +258,46 @@ class ClusterFunction:
         *iterables: Iterable[Any],
         return_exceptions: bool = False,
         chunksize: int | None = None,
+        progress: bool | None = None,
     ) -> list[Any]:
         """Call the function on each item (zipped across iterables); results in input order.
 
-        With ``return_exceptions=True`` a failing item's exception takes its place in the
-        list; otherwise the first failure (in input order) is raised.
+        On a cluster the calls become one job array (``chunksize`` calls per array task;
+        by default enough to keep within ``max_parallel_jobs`` tasks). With
+        ``return_exceptions=True`` a failing item's exception takes its place in the list;
+        otherwise the first failure in input order is raised, and the job's other results
+        stay available through ``clustrix.get_job``. ``progress`` shows a bar (default: the
+        ``progress`` setting).
         """
         func = self.__wrapped__
         if in_worker():
-            executor = LocalExecutor(kind="inline")
-        else:
-            config = self.effective_config()
-            if config.cluster_type != "local":
-                return self._map_remote(
-                    config, zip(iterable, *iterables, strict=False), return_exceptions
-                )
-            executor = self._local_executor(config)
-        return executor.map(
-            func, iterable, *iterables, chunksize=chunksize, return_exceptions=return_exceptions
-        )
-
-    def _map_remote(
-        self, config: ClusterConfig, items: Iterable[tuple], return_exceptions: bool
-    ) -> list[Any]:
-        futures = [self._submit_remote(config, tuple(item), {}) for item in items]
-        results = []
+            return LocalExecutor(kind="inline").map(
+                func, iterable, *iterables, return_exceptions=return_exceptions
+            )
+        config = self.effective_config()
+        if config.cluster_type == "local":
+            return self._local_executor(config).map(
+                func, iterable, *iterables, chunksize=chunksize, return_exceptions=return_exceptions
+            )
+        calls = [(tuple(items), {}) for items in zip(iterable, *iterables, strict=False)]
+        if not calls:
+            return []
+        job = self._submit_remote(config, calls, chunksize)
+        futures = [future for task in job.tasks for future in task.futures]
         try:
-            for index, future in enumerate(futures):
-                error = future.exception()
-                if error is not None and not return_exceptions:
-                    add_note(error, f"(raised by item {index} of the map)")
-                    raise error
-                results.append(error if error is not None else future.result())
-        except BaseException:
-            for future in futures:
-                future.cancel()
+            return gather(
+                futures,
+                return_exceptions=return_exceptions,
+                progress=wanted(config.progress if progress is None else progress),
+                description=self.__name__,
+                counts=job.counts,
+                on_error=f" {job.job_id}; all results: clustrix.get_job({job.job_id!r})"
+                ".results(return_exceptions=True)",
+            )
+        except KeyboardInterrupt:
+            if config.cancel_on_interrupt:
+                backend_for(config).cancel_job(job)
             raise
-        return results
 
 
 def _rebuild(func: Callable[..., Any], arguments: dict[str, Any]) -> ClusterFunction:

@@ -1,21 +1,27 @@
 """Running calls as jobs on a cluster or an SSH host.
 
-One ``RemoteBackend`` exists per cluster (scheduler, host, port, user, work folder). It stages
-each job in one round trip, builds the job's Python environment once per requirement set, and
-runs a single polling thread that asks about *all* of its pending jobs with one command per
-interval, however many there are. Results, logs and failures come back through the futures.
+One ``RemoteBackend`` exists per cluster (scheduler, host, port, user, work folder). A job is
+one folder holding one or many tasks; many calls become one job array (several calls per task
+when they are many), split when the scheduler caps array sizes. Staging and submitting cost
+one round trip; the job's Python environment is built once per requirement set. A single
+polling thread asks about *all* pending jobs of the cluster with one command per interval,
+which also brings back the results of finished tasks. Every job is written to the job store
+before it is submitted, so another process can re-attach to it.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import math
 import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from .config import ClusterConfig
@@ -23,7 +29,6 @@ from .environment import EnvironmentPlan, bootstrap_script, plan_environment, pr
 from .errors import (
     BackendUnavailableError,
     ClustrixError,
-    CommandError,
     EnvironmentSetupError,
     JobCancelledError,
     JobFailedError,
@@ -32,8 +37,19 @@ from .errors import (
     NodeFailureError,
 )
 from .futures import ClusterFuture
-from .jobs import RESULT_FILE, RemoteJob, job_files, new_job_id, tar_bytes, untar
+from .jobs import (
+    RemoteJob,
+    Submission,
+    Task,
+    index_ranges,
+    job_files,
+    new_job_id,
+    result_file,
+    tar_bytes,
+    untar,
+)
 from .payload import (
+    CallArgs,
     batch_outcomes,
     function_name,
     pickle_calls,
@@ -42,23 +58,30 @@ from .payload import (
 )
 from .resources import Resources
 from .schedulers import JobState, JobStatus, Scheduler, ScriptContext, scheduler_for
+from .schedulers.base import ArraySpec, setup_lines
+from .store import JobRecord, JobStore
 from .transport.base import Transport
 from .transport.local import LocalTransport
 
 logger = logging.getLogger("clustrix.remote")
 
 _SECTION = "--clustrix-results--"
-_MARK = "--clustrix-job--"
+_MARK = "--clustrix-task--"
 _INLINE_LIMIT = 4 * 1024 * 1024
-# collect FOLDER JOB_ID: print a marker and, if small, the result and logs as base64 tar.
+_DEFAULT_MAX_ARRAY = 1000
+# collect FOLDER JOB_ID "FIRST-LAST ...": for each task with a result, a marker line and (if
+# small) its result and logs as a base64 tar on the next line.
 _COLLECT_FUNCTION = (
-    'collect() { [ -e "$1/' + RESULT_FILE + '" ] || return 0; '
-    'if [ "$(stat -c %s "$1/' + RESULT_FILE + '")" -le ' + str(_INLINE_LIMIT) + " ]; then "
-    'echo "' + _MARK + ' $2 inline"; '
-    'tar -c -f - -C "$1" --ignore-failed-read ' + RESULT_FILE + " stdout stderr 2>/dev/null "
-    "| base64 -w0; echo; "
-    'else echo "' + _MARK + ' $2 large"; fi; }'
+    "collect() { for range in $3; do for t in $(seq ${range%-*} ${range#*-}); do "
+    '[ -e "$1/result-$t.pkl" ] || continue; '
+    'if [ "$(stat -c %s "$1/result-$t.pkl")" -le ' + str(_INLINE_LIMIT) + " ]; then "
+    'echo "' + _MARK + ' $2 $t inline"; '
+    'tar -c -f - -C "$1" --ignore-failed-read "result-$t.pkl" "stdout-$t" "stderr-$t" '
+    "2>/dev/null | base64 -w0; echo; "
+    'else echo "' + _MARK + ' $2 $t large"; fi; done; done; }'
 )
+# Failures of the machine rather than of the call: with retries=N they are resubmitted.
+_RETRIED_STATES = {JobState.NODE_FAIL, JobState.PREEMPTED}
 _FAILURES: dict[JobState, type[JobFailedError]] = {
     JobState.CANCELLED: JobCancelledError,
     JobState.TIMEOUT: JobTimeoutError,
@@ -70,10 +93,22 @@ _EXPLANATIONS = {
     JobState.TIMEOUT: "reached its time limit; ask for more with time=",
     JobState.OUT_OF_MEMORY: "ran out of memory; ask for more with memory=",
     JobState.NODE_FAIL: "was lost with the node running it; retries=N resubmits such jobs",
+    JobState.PREEMPTED: "was preempted and not requeued; retries=N resubmits such jobs",
     JobState.FAILED: "failed before producing a result",
     JobState.COMPLETED: "ended without writing a result",
     JobState.UNKNOWN: "is no longer known to the scheduler and left no result",
 }
+# Settings a later process needs to reach a job's cluster again (never the password).
+CONNECTION_SETTINGS = (
+    "cluster_type",
+    "cluster_host",
+    "cluster_port",
+    "username",
+    "key_file",
+    "known_hosts_file",
+    "host_key_policy",
+    "remote_work_dir",
+)
 
 
 @dataclass(frozen=True)
@@ -100,29 +135,26 @@ def make_transport(config: ClusterConfig) -> Transport:
         key_file=config.key_file,
         password=config.password,
         host_key_policy=config.host_key_policy,
-        known_hosts=None if known_hosts is None else _expand(known_hosts),
+        known_hosts=None if known_hosts is None else Path(known_hosts).expanduser(),
     )
-
-
-def _expand(path: str) -> Any:
-    from pathlib import Path
-
-    return Path(path).expanduser()
 
 
 class RemoteBackend:
     """Submits, tracks and collects the jobs of one cluster."""
 
-    def __init__(self, transport: Transport, scheduler: Scheduler, work_dir: str) -> None:
+    def __init__(self, transport: Transport, scheduler: Scheduler, config: ClusterConfig) -> None:
         self.transport = transport
         self.scheduler = scheduler
-        self._configured_work_dir = work_dir
+        self.connection = {name: getattr(config, name) for name in CONNECTION_SETTINGS}
+        self._configured_work_dir = config.remote_work_dir
         self._work_dir: str | None = None
+        self._max_array: int | None = None
         self._lock = threading.Condition()
         self._pending: dict[str, RemoteJob] = {}
         self._poller: threading.Thread | None = None
         self._ready_environments: set[str] = set()
         self._environment_locks: dict[str, threading.Lock] = {}
+        self._stores: dict[str, JobStore] = {}
 
     def __repr__(self) -> str:
         return f"<RemoteBackend {self.scheduler.name} at {self.transport.where}>"
@@ -139,39 +171,81 @@ class RemoteBackend:
             self._work_dir = path.rstrip("/")
         return self._work_dir
 
+    def store(self, config: ClusterConfig) -> JobStore:
+        path = str(Path(config.job_store).expanduser())
+        return self._stores.setdefault(path, JobStore(path))
+
+    def max_array_size(self, config: ClusterConfig) -> int:
+        """The configured cap, else the scheduler's (asked once), else a common default."""
+        if config.max_array_size is not None:
+            return config.max_array_size
+        if self._max_array is None:
+            command = self.scheduler.max_array_size_command()
+            output = self.transport.run(command, check=False).stdout if command else ""
+            self._max_array = self.scheduler.parse_max_array_size(output) or _DEFAULT_MAX_ARRAY
+        return self._max_array
+
     # ------------------------------------------------------------------ submitting
 
     def submit(
         self,
         func: Callable[..., Any],
-        args: tuple,
-        kwargs: dict[str, Any],
+        calls: Sequence[CallArgs],
         *,
         config: ClusterConfig,
         resources: Resources,
         environment: str | list[str] | None,
         options: Mapping[str, Any],
-    ) -> ClusterFuture:
-        """Stage and submit one call; returns once the scheduler has accepted the job."""
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> RemoteJob:
+        """Stage and submit ``calls`` as one job (an array when there are several tasks).
+
+        Returns once the scheduler has accepted every part; each call's future is in
+        ``job.tasks[...].futures`` in call order.
+        """
+        if not calls:
+            raise ValueError("nothing to submit")
         options = dict(options)
         job_name = str(options.pop("job_name", f"clustrix-{getattr(func, '__name__', 'call')}"))
         self.scheduler.check_options(options)
         name = function_name(func)
-        modules = prepare_local_modules(func, [*args, *kwargs.values()])
+        values = [value for args, kwargs in calls[:100] for value in (*args, *kwargs.values())]
+        modules = prepare_local_modules(func, values)
+        per_task = chunksize or max(1, math.ceil(len(calls) / config.max_parallel_jobs))
+        chunks = [list(calls[i : i + per_task]) for i in range(0, len(calls), per_task)]
         with pickling_for_remote_job():
             function_bytes = pickle_function(func)
-            calls_bytes = pickle_calls(func, [(args, kwargs)])
+            task_payloads = [pickle_calls(func, chunk) for chunk in chunks]
         plan = plan_environment(
             func,
             environment,
             python_executable=config.python_executable,
             conda_env_name=config.conda_env_name,
-            payloads=[function_bytes, calls_bytes],
+            payloads=[function_bytes, *task_payloads[:3]],
             modules=modules,
         )
         report = self.ensure_environment(plan, config)
         job_id = new_job_id()
         folder = f"{self.work_dir}/{job_id}"
+        store = self.store(config)
+        store.add(
+            JobRecord(
+                job_id=job_id,
+                function=name,
+                cluster_type=self.scheduler.name,
+                host=self.transport.where,
+                remote_folder=folder,
+                state="SUBMITTING",
+                items=len(calls),
+                task_sizes=[len(chunk) for chunk in chunks],
+                connection=self.connection,
+            )
+        )
+        job = self._new_job(job_id, folder, name, func, [len(c) for c in chunks], config, retries)
+        for task in job.tasks:
+            for future in task.futures:
+                future.environment = report
         context = ScriptContext(
             job_name=job_name,
             job_dir=folder,
@@ -183,43 +257,121 @@ class RemoteBackend:
             qos=config.qos,
             options=options,
         )
-        script = self.scheduler.render_script(resources, context)
+        task_resources = resources
+        if per_task > 1 and resources.time_seconds is not None:
+            task_resources = replace(resources, time_seconds=resources.time_seconds * per_task)
+        parts = self._plan_parts(list(range(len(chunks))), config, context)
+        scripts = {
+            f"job-{n}.sh": self.scheduler.render_script(task_resources, part)
+            for n, part in enumerate(parts)
+        }
         files = job_files(
             job_id=job_id,
             name=name,
             function_bytes=function_bytes,
-            calls_bytes=calls_bytes,
-            script=script,
+            tasks=task_payloads,
+            scripts=scripts,
         )
+        job.context, job.resources = context, task_resources
+        quoted_work, quoted_folder = shlex.quote(self.work_dir), shlex.quote(folder)
         command = (
-            f"mkdir -p {shlex.quote(self.work_dir)} && chmod 700 {shlex.quote(self.work_dir)} && "
-            f"mkdir -m 700 {shlex.quote(folder)} && cd {shlex.quote(folder)} && tar -x -f - && "
-            f"{{ {self.scheduler.submit_command('job.sh', context)}; }}"
+            f"mkdir -p {quoted_work} && chmod 700 {quoted_work} && mkdir -m 700 {quoted_folder} "
+            f"&& cd {quoted_folder} && tar -x -f - && "
+            + " && ".join(
+                f"{{ {self.scheduler.submit_command(f'job-{n}.sh', part)}; }}"
+                for n, part in enumerate(parts)
+            )
         )
-        result = self.transport.run(command, stdin=tar_bytes(files))
-        scheduler_id = self.scheduler.parse_job_id(result.stdout)
-        future = ClusterFuture(name, f"{self.scheduler.name}:{self.transport.where}")
-        future.job_id = job_id
-        future.scheduler_id = scheduler_id
-        future.remote_folder = folder
-        future.environment = report
+        try:
+            output = self.transport.run(command, stdin=tar_bytes(files)).stdout
+        except Exception as exc:
+            store.update(job_id, state="FAILED", finished=time.time(), message=str(exc)[:2000])
+            raise
+        ids = [
+            self.scheduler.parse_job_id(line) for line in output.strip().splitlines()[-len(parts) :]
+        ]
+        for part, scheduler_id in zip(parts, ids, strict=True):
+            self._record_submission(job, scheduler_id, part)
+        store.update(job_id, state="PENDING")
+        logger.info(
+            "submitted %s (%d call(s), %d task(s)) as %s job(s) %s in %s",
+            name,
+            len(calls),
+            len(chunks),
+            self.scheduler.name,
+            ", ".join(ids),
+            folder,
+        )
+        self._track(job)
+        return job
+
+    def _new_job(
+        self,
+        job_id: str,
+        folder: str,
+        name: str,
+        func: Any,
+        task_sizes: list[int],
+        config: ClusterConfig,
+        retries: int,
+    ) -> RemoteJob:
+        backend_name = f"{self.scheduler.name}:{self.transport.where}"
+        tasks = []
+        for index, size in enumerate(task_sizes):
+            futures = []
+            for _ in range(size):
+                future = ClusterFuture(name, backend_name)
+                future.job_id, future.remote_folder = job_id, folder
+                futures.append(future)
+            tasks.append(Task(index=index, futures=futures))
         job = RemoteJob(
             job_id=job_id,
             folder=folder,
-            scheduler_id=scheduler_id,
-            future=future,
+            name=name,
             func=func,
+            tasks=tasks,
             poll_interval=config.job_poll_interval,
             cleanup_on_success=config.cleanup_on_success,
             echo_output=config.echo_job_output,
+            store=self.store(config),
+            retries=retries,
         )
-        future.bind_cancel(lambda: self.cancel(job))
-        future.bind_logs(lambda stream: self.read_log(job, stream))
-        logger.info(
-            "submitted %s as %s job %s (%s)", name, self.scheduler.name, scheduler_id, folder
-        )
-        self._track(job)
-        return future
+        for task in tasks:
+            for future in task.futures:
+                future.bind_cancel(lambda task=task: self.cancel_tasks(job, [task]))
+                future.bind_logs(lambda stream, task=task: self.read_log(job, task, stream))
+        return job
+
+    def _plan_parts(
+        self, tasks: list[int], config: ClusterConfig, context: ScriptContext
+    ) -> list[ScriptContext]:
+        """Contexts of the submissions running ``tasks``: arrays no larger than allowed."""
+        parts = []
+        largest = self.max_array_size(config) if self.scheduler.supports_arrays else 1
+        for first, last in index_ranges(tasks):
+            start = first
+            while start <= last:
+                count = min(largest, last - start + 1)
+                if count == 1:
+                    parts.append(replace(context, array=None, task=start))
+                else:
+                    spec = ArraySpec(start, count, min(config.max_parallel_jobs, count))
+                    parts.append(replace(context, array=spec))
+                start += count
+        return parts
+
+    def _record_submission(self, job: RemoteJob, scheduler_id: str, part: ScriptContext) -> None:
+        if part.array is None:
+            submission = Submission(scheduler_id, part.task, 1, is_array=False)
+        else:
+            submission = Submission(scheduler_id, part.array.offset, part.array.count, True)
+        for task in job.tasks[submission.offset : submission.offset + submission.count]:
+            task.submission = submission
+            task.state = JobState.PENDING
+            task.missing_result_checks = 0
+            for future in task.futures:
+                future.scheduler_id = scheduler_id
+        job.store.add_submission(job.job_id, asdict(submission))
 
     def _python_command(self, plan: EnvironmentPlan, report: EnvironmentReport) -> str:
         if plan.python:
@@ -240,8 +392,6 @@ class RemoteBackend:
         with key_lock:
             if plan.key in self._ready_environments:
                 return EnvironmentReport(plan.key, path, built=False)
-            from .schedulers.base import setup_lines
-
             script = bootstrap_script(
                 path,
                 plan.requirements,
@@ -265,6 +415,38 @@ class RemoteBackend:
                 logger.info("built environment %s in %.1f s", path, time.monotonic() - started)
             self._ready_environments.add(plan.key)
             return EnvironmentReport(plan.key, path, built=built)
+
+    # ------------------------------------------------------------------ re-attaching
+
+    def attach(self, record: JobRecord, config: ClusterConfig) -> RemoteJob:
+        """Track a job submitted by another (perhaps dead) process, from its store record."""
+        with self._lock:
+            live = self._pending.get(record.job_id)
+        if live is not None:
+            return live
+        job = self._new_job(
+            record.job_id,
+            record.remote_folder,
+            record.function,
+            None,
+            record.task_sizes,
+            config,
+            retries=0,
+        )
+        for values in record.submissions:
+            submission = Submission(**values)
+            for task in job.tasks[submission.offset : submission.offset + submission.count]:
+                task.submission = submission
+                for future in task.futures:
+                    future.scheduler_id = submission.scheduler_id
+        if record.state == "CANCELLED":
+            for task in job.tasks:
+                task.done = True
+                for future in task.futures:
+                    _mark_cancelled(future)
+            return job
+        self._track(job)
+        return job
 
     # ------------------------------------------------------------------ tracking
 
@@ -311,107 +493,182 @@ class RemoteBackend:
                         job.next_check = time.monotonic() + min(job.poll_interval, 0.5 * failures)
 
     def poll(self, jobs: list[RemoteJob]) -> None:
-        """One round trip: the scheduler's view of every job, and the finished jobs' results.
+        """One round trip: the scheduler's view of every job, and finished tasks' results.
 
         Results up to ``_INLINE_LIMIT`` bytes come back in the same output (base64 of a tar
-        with the logs), so a short call costs no extra round trip to collect.
+        with the task's logs), so collecting a short call costs no extra round trip.
         """
-        status_command = self.scheduler.status_command(
-            {j.scheduler_id: j.folder for j in jobs},
-            detailed=any(j.missing_result_checks for j in jobs),
-        )
+        submissions = {
+            task.submission.scheduler_id: job.folder
+            for job in jobs
+            for task in job.pending_tasks()
+            if task.submission is not None
+        }
+        detailed = any(t.missing_result_checks for job in jobs for t in job.pending_tasks())
+        status_command = self.scheduler.status_command(submissions, detailed=detailed)
         collect = "; ".join(
-            f"collect {shlex.quote(j.folder)} {shlex.quote(j.job_id)}" for j in jobs
+            f"collect {shlex.quote(job.folder)} {shlex.quote(job.job_id)} "
+            + shlex.quote(
+                " ".join(
+                    f"{a}-{b}"
+                    for a, b in index_ranges([task.index for task in job.pending_tasks()])
+                )
+            )
+            for job in jobs
         )
         output = self.transport.run(
             f"{_COLLECT_FUNCTION}; {status_command}; echo {_SECTION}; {collect}; true",
             check=False,
         ).stdout
         status_part, _, result_part = output.partition(_SECTION)
-        statuses = self.scheduler.parse_status(status_part, [j.scheduler_id for j in jobs])
+        statuses = self.scheduler.parse_status(status_part, list(submissions))
         collected = _parse_collected(result_part)
         now = time.monotonic()
-        finished: list[RemoteJob] = []
         for job in jobs:
-            if job.future.done():
-                self._forget(job)
-            elif job.job_id in collected:
-                files = collected[job.job_id]
+            self._update(job, statuses, collected, now)
+
+    def _update(
+        self,
+        job: RemoteJob,
+        statuses: Mapping[str, JobStatus],
+        collected: Mapping[tuple[str, int], dict[str, bytes] | None],
+        now: float,
+    ) -> None:
+        retry: list[Task] = []
+        for task in job.pending_tasks():
+            if all(future.done() for future in task.futures):
+                task.done = True  # cancelled by the user meanwhile
+                continue
+            key = (job.job_id, task.index)
+            if key in collected:
+                files = collected[key]
                 if files is None:  # too large to inline: fetch it on its own
-                    files = self._fetch(job, [RESULT_FILE, "stdout", "stderr"])
-                if self._collect(job, files):
-                    finished.append(job)
-            else:
-                self._judge(job, statuses[job.scheduler_id], now)
-        cleanup = [shlex.quote(job.folder) for job in finished if job.cleanup_on_success]
-        if cleanup:  # after the futures are settled: nobody waits for this
-            self.transport.run(f"rm -rf {' '.join(cleanup)}", check=False)
-
-    def _judge(self, job: RemoteJob, status: JobStatus, now: float) -> None:
-        job.state = status.state
-        if status.state.finished or status.state is JobState.UNKNOWN:
-            # Ended (or forgotten by the queue) without a result: a result written at the very
-            # end may not be visible yet on a shared file system, so look a few more times,
+                    files = self._fetch(job, [result_file(task.index), *_logs(task.index)])
+                self._collect(job, task, files)
+                continue
+            assert task.submission is not None
+            status = statuses.get(
+                task.submission.status_key(task.index, self.scheduler.array_base),
+                statuses.get(task.submission.scheduler_id, JobStatus(JobState.UNKNOWN)),
+            )
+            task.state = status.state
+            if not (status.state.finished or status.state is JobState.UNKNOWN):
+                continue
+            # Ended (or forgotten by the queue) without a result. A result written at the very
+            # end may not be visible yet on a shared file system: look a few more times,
             # asking the scheduler for details (exit code, accounting) meanwhile.
-            job.missing_result_checks += 1
-            if job.missing_result_checks > 3:
-                self._fail(job, status)
-                return
+            task.missing_result_checks += 1
+            if task.missing_result_checks <= 3:
+                continue
+            if status.state in _RETRIED_STATES and task.attempts <= job.retries:
+                retry.append(task)
+            else:
+                self._fail_task(job, task, status)
+        if retry:
+            self._resubmit(job, retry)
+        if any(t.missing_result_checks for t in job.pending_tasks()):
             job.next_check = now + 0.5
-            return
-        job.schedule_next_check(now)
+        else:
+            job.schedule_next_check(now)
+        self._finish_if_done(job)
 
-    def _collect(self, job: RemoteJob, files: Mapping[str, bytes]) -> bool:
-        """Settle a job's future from its fetched files; True if the call succeeded."""
-        self._remember_logs(job, files)
+    def _collect(self, job: RemoteJob, task: Task, files: Mapping[str, bytes]) -> None:
+        self._remember_logs(job, task, files)
+        where = (
+            f"{self.scheduler.name} job {task.submission.scheduler_id if task.submission else '?'}"
+        )
         try:
-            ((ok, value),) = batch_outcomes(
-                files[RESULT_FILE],
-                where=f"{self.scheduler.name} job {job.scheduler_id}",
-                func=job.func,
-            )
+            outcomes = batch_outcomes(files[result_file(task.index)], where=where, func=job.func)
         except Exception as exc:
-            ok, value = (
-                False,
-                ClustrixError(f"could not read the result of job {job.job_id}: {exc}"),
+            error = ClustrixError(
+                f"could not read the result of task {task.index} of job {job.job_id}: {exc}"
             )
-        self._forget(job)
-        _settle(job.future, ok, value)
-        return ok
+            outcomes = [(False, error)] * len(task.futures)
+        task.done = True
+        for future, (ok, value) in zip(task.futures, outcomes, strict=True):
+            future.attempts = task.attempts
+            job.any_failed |= not ok
+            _settle(future, ok, value)
 
-    def _fail(self, job: RemoteJob, status: JobStatus) -> None:
-        files = self._fetch(job, ["stdout", "stderr"])
-        self._remember_logs(job, files)
+    def _fail_task(self, job: RemoteJob, task: Task, status: JobStatus) -> None:
+        files = self._fetch(job, [*_logs(task.index), "scheduler.log"])
+        self._remember_logs(job, task, files)
+        scheduler_log = files.get("scheduler.log", b"").decode(errors="replace")
         state = status.state
         error_class = _FAILURES.get(state, JobFailedError)
         reason = f" ({status.reason})" if status.reason and status.reason != state.value else ""
-        error = error_class(
-            f"{self.scheduler.name} job {job.scheduler_id} running {job.future.name!r} "
-            f"{_EXPLANATIONS.get(state, 'failed')}{reason}; its files are kept in {job.folder} "
-            f"on {self.transport.where}",
-            job_id=job.job_id,
-            state=state.value,
-            exit_code=status.exit_code,
-            host=self.transport.where,
-            stdout_tail=_tail(job.stdout or "", 20),
-            stderr_tail=_tail(job.stderr or "", 20),
-        )
+        scheduler_id = task.submission.scheduler_id if task.submission else "?"
+        where = f"task {task.index} of " if len(job.tasks) > 1 else ""
+        stderr = "\n".join(filter(None, [task.stderr or "", scheduler_log]))
+        task.done = True
+        job.any_failed = True
+        for future in task.futures:
+            future.attempts = task.attempts
+            _settle(
+                future,
+                False,
+                error_class(
+                    f"{where}{self.scheduler.name} job {scheduler_id} running {job.name!r} "
+                    f"{_EXPLANATIONS.get(state, 'failed')}{reason}; its files are kept in "
+                    f"{job.folder} on {self.transport.where}",
+                    job_id=job.job_id,
+                    state=state.value,
+                    exit_code=status.exit_code,
+                    host=self.transport.where,
+                    stdout_tail=_tail(task.stdout or "", 20),
+                    stderr_tail=_tail(stderr, 20),
+                ),
+            )
+
+    def _resubmit(self, job: RemoteJob, tasks: list[Task]) -> None:
+        """Submit failed tasks again (node failures, preemption), reusing the job folder."""
+        assert job.context is not None and job.resources is not None
+        for task in tasks:
+            task.attempts += 1
+            logger.warning(
+                "resubmitting task %d of %s (attempt %d)", task.index, job.job_id, task.attempts
+            )
+            part = replace(job.context, array=None, task=task.index)
+            name = f"retry-{task.index}-{task.attempts}.sh"
+            script = self.scheduler.render_script(job.resources, part)
+            output = self.transport.run(
+                f"cd {shlex.quote(job.folder)} && cat > {name} && chmod 700 {name} && "
+                f"{{ {self.scheduler.submit_command(name, part)}; }}",
+                stdin=script.encode(),
+            ).stdout
+            self._record_submission(job, self.scheduler.parse_job_id(output), part)
+            for future in task.futures:
+                future.attempts = task.attempts
+
+    def _finish_if_done(self, job: RemoteJob) -> None:
+        if job.pending_tasks():
+            running = any(t.state is JobState.RUNNING for t in job.tasks)
+            if running:
+                job.store.update(job.job_id, state="RUNNING")
+            return
         self._forget(job)
-        _settle(job.future, False, error)
+        failed = sum(1 for t in job.tasks for f in t.futures if f.cancelled() or f.exception())
+        cancelled = all(f.cancelled() for t in job.tasks for f in t.futures)
+        state = "CANCELLED" if cancelled else "FAILED" if failed else "COMPLETED"
+        job.store.update(job.job_id, state=state, finished=time.time(), failed_items=failed)
+        if state == "COMPLETED" and job.cleanup_on_success:
+            self.transport.run(f"rm -rf {shlex.quote(job.folder)}", check=False)
+            job.store.update(job.job_id, message="result delivered; remote folder removed")
 
     def _fetch(self, job: RemoteJob, names: list[str]) -> dict[str, bytes]:
         listed = " ".join(shlex.quote(name) for name in names)
         command = (
             f"cd {shlex.quote(job.folder)} && tar -c -f - --ignore-failed-read {listed} 2>/dev/null"
         )
-        return untar(self.transport.run(command, check=False).stdout_bytes or _EMPTY_TAR)
+        return untar(self.transport.run(command, check=False).stdout_bytes)
 
-    def _remember_logs(self, job: RemoteJob, files: Mapping[str, bytes]) -> None:
-        job.stdout = files.get("stdout", b"").decode(errors="replace")
-        job.stderr = files.get("stderr", b"").decode(errors="replace")
+    def _remember_logs(self, job: RemoteJob, task: Task, files: Mapping[str, bytes]) -> None:
+        stdout_name, stderr_name = _logs(task.index)
+        task.stdout = files.get(stdout_name, b"").decode(errors="replace")
+        task.stderr = files.get(stderr_name, b"").decode(errors="replace")
         if job.echo_output:
-            prefix = f"[{job.future.name} {job.scheduler_id}]"
-            for text, stream in ((job.stdout, sys.stdout), (job.stderr, sys.stderr)):
+            prefix = f"[{job.name} {job.job_id}:{task.index}]"
+            for text, stream in ((task.stdout, sys.stdout), (task.stderr, sys.stderr)):
                 for line in text.splitlines():
                     print(f"{prefix} {line}", file=stream)
 
@@ -421,39 +678,61 @@ class RemoteBackend:
 
     # ------------------------------------------------------------------ control
 
-    def cancel(self, job: RemoteJob) -> bool:
-        """Cancel a job that has not finished; False if it already has."""
-        if job.future.done():
+    def cancel_tasks(self, job: RemoteJob, tasks: list[Task]) -> bool:
+        """Cancel unfinished tasks (and every call in them); False if none was left."""
+        tasks = [task for task in tasks if not task.done]
+        if not tasks:
             return False
-        self.transport.run(self.scheduler.cancel_command([job.scheduler_id]), check=False)
-        self._forget(job)
-        logger.info("cancelled %s job %s", self.scheduler.name, job.scheduler_id)
+        elements = []
+        for task in tasks:
+            task.done = True
+            if task.submission is not None:
+                elements.append(task.submission.element_id(task.index, self.scheduler.array_base))
+            for future in task.futures:
+                _mark_cancelled(future)
+        whole = {t.submission.scheduler_id for t in tasks if t.submission}
+        covered = all(
+            t.done for t in job.tasks if t.submission and t.submission.scheduler_id in whole
+        )
+        # When every task of a submission goes, cancel it by its id: one scheduler command.
+        targets = sorted(whole) if covered else sorted(set(elements))
+        if targets:
+            self.transport.run(self.scheduler.cancel_command(targets), check=False)
+        logger.info("cancelled %s task(s) of job %s", len(tasks), job.job_id)
+        self._finish_if_done(job)
         return True
 
-    def read_log(self, job: RemoteJob, stream: str) -> str:
-        """A job's stdout or stderr: kept after it finished, read live while it runs."""
-        kept = job.stdout if stream == "stdout" else job.stderr
+    def cancel_job(self, job: RemoteJob) -> bool:
+        return self.cancel_tasks(job, job.tasks)
+
+    def read_log(self, job: RemoteJob, task: Task, stream: str) -> str:
+        """A task's stdout or stderr: kept after it finished, read live while it runs."""
+        kept = task.stdout if stream == "stdout" else task.stderr
         if kept is not None:
             return kept
-        path = shlex.quote(f"{job.folder}/{stream}")
-        try:
-            return self.transport.run(f"cat {path} 2>/dev/null; true").stdout
-        except CommandError:
-            return ""
+        path = shlex.quote(f"{job.folder}/{stream}-{task.index}")
+        return self.transport.run(f"cat {path} 2>/dev/null; true", check=False).stdout
 
 
-_EMPTY_TAR = b"\0" * 1024
+def _mark_cancelled(future: ClusterFuture) -> None:
+    """Cancel the future itself, without calling back into the backend."""
+    Future.cancel(future)
 
 
-def _parse_collected(text: str) -> dict[str, dict[str, bytes] | None]:
-    """``{job id: files}`` from the collect output; None marks a result too large to inline."""
-    collected: dict[str, dict[str, bytes] | None] = {}
+def _logs(task: int) -> tuple[str, str]:
+    return f"stdout-{task}", f"stderr-{task}"
+
+
+def _parse_collected(text: str) -> dict[tuple[str, int], dict[str, bytes] | None]:
+    """``{(job id, task): files}``; None marks a result too large to inline."""
+    collected: dict[tuple[str, int], dict[str, bytes] | None] = {}
     lines = iter(text.splitlines())
     for line in lines:
         if not line.startswith(_MARK):
             continue
-        _, job_id, how = line.split()
-        collected[job_id] = untar(base64.b64decode(next(lines, ""))) if how == "inline" else None
+        _, job_id, task, how = line.split()
+        files = untar(base64.b64decode(next(lines, ""))) if how == "inline" else None
+        collected[(job_id, int(task))] = files
     return collected
 
 
@@ -479,19 +758,12 @@ def backend_for(config: ClusterConfig) -> RemoteBackend:
     scheduler = scheduler_for(config.cluster_type)
     if scheduler is None:
         raise BackendUnavailableError(
-            f"cluster_type={config.cluster_type!r} has no backend in this version of Clustrix; "
-            "available: local, slurm, ssh"
+            f"cluster_type={config.cluster_type!r} has no backend in this version of Clustrix"
         )
-    key = (
-        config.cluster_type,
-        config.cluster_host,
-        config.cluster_port,
-        config.username,
-        config.remote_work_dir,
-    )
+    key = tuple(getattr(config, name) for name in CONNECTION_SETTINGS)
     with _backends_lock:
         backend = _backends.get(key)
         if backend is None:
-            backend = RemoteBackend(make_transport(config), scheduler, config.remote_work_dir)
+            backend = RemoteBackend(make_transport(config), scheduler, config)
             _backends[key] = backend
         return backend

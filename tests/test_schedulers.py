@@ -34,8 +34,8 @@ def test_slurm_script_for_a_sample_request():
     )
     assert script == (
         "#!/bin/bash\n"
-        "#SBATCH --output=stdout\n"
-        "#SBATCH --error=stderr\n"
+        "#SBATCH --output=scheduler.log\n"
+        "#SBATCH --open-mode=append\n"
         "#SBATCH --cpus-per-task=8\n"
         "#SBATCH --mem=16384M\n"
         "#SBATCH --time=1-02:00:00\n"
@@ -46,13 +46,25 @@ def test_slurm_script_for_a_sample_request():
         "#SBATCH --constraint=a100\n"
         "#SBATCH --exclusive\n"
         "# slurm job written by clustrix\n"
+        "cd /home/u/clustrix/job-1\n"
+        "task=0\n"
+        'exec >> "stdout-$task" 2>> "stderr-$task"\n'
         "set -e\n"
         "module load gcc/12\n"
         "export OMP_NUM_THREADS=4\n"
         "ulimit -c 0\n"
-        "cd /home/u/clustrix/job-1\n"
-        "exec /env/bin/python runner.py /home/u/clustrix/job-1 0\n"
+        'exec /env/bin/python /home/u/clustrix/job-1/runner.py /home/u/clustrix/job-1 "$task"\n'
     )
+
+
+def test_slurm_array_script_numbers_tasks_from_the_offset():
+    from clustrix.schedulers.base import ArraySpec
+
+    part = context(array=ArraySpec(offset=1000, count=500, max_parallel=50))
+    script = SlurmScheduler().render_script(Resources.parse(), part)
+    assert "#SBATCH --array=0-499%50\n" in script
+    assert "task=$(( 1000 + $SLURM_ARRAY_TASK_ID - 0 ))\n" in script
+    assert SlurmScheduler().parse_max_array_size("MaxArraySize            = 1001\n") == 1001
 
 
 def test_slurm_gpus_option_replaces_gres():
@@ -129,7 +141,8 @@ def test_direct_script_enforces_the_time_limit():
     script = DirectScheduler().render_script(Resources.parse(time="00:00:05"), context(options={}))
     assert "#SBATCH" not in script
     assert script.endswith(
-        "exec timeout --kill-after=10 5 /env/bin/python runner.py /home/u/clustrix/job-1 0\n"
+        "exec timeout --kill-after=10 5 /env/bin/python /home/u/clustrix/job-1/runner.py "
+        '/home/u/clustrix/job-1 "$task"\n'
     )
 
 

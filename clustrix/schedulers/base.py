@@ -56,6 +56,19 @@ class JobStatus:
 
 
 @dataclass(frozen=True)
+class ArraySpec:
+    """A job array of ``count`` tasks running task indices ``offset .. offset+count-1``.
+
+    Schedulers number array elements from 0 or 1 and cap the element index, so a large map is
+    split into several arrays, each numbered from the start, with its offset in the script.
+    """
+
+    offset: int
+    count: int
+    max_parallel: int
+
+
+@dataclass(frozen=True)
 class ScriptContext:
     """Everything the job script needs beyond the resources."""
 
@@ -68,6 +81,9 @@ class ScriptContext:
     account: str | None = None
     qos: str | None = None
     options: Mapping[str, Any] = None  # type: ignore[assignment]
+    #: A job array, or None for one task whose index is ``task``.
+    array: ArraySpec | None = None
+    task: int = 0
 
 
 def setup_lines(
@@ -96,11 +112,17 @@ class Scheduler:
     directive_prefix: ClassVar[str] = ""
     #: Options a user may pass through ``@cluster(**options)``, with what each means.
     option_help: ClassVar[Mapping[str, str]] = {}
+    #: Whether many tasks can be one submission; without arrays, each task is a job.
+    supports_arrays: ClassVar[bool] = False
+    #: Shell expression of the scheduler's element number inside an array task, counted
+    #: from ``array_base``.
+    array_index_expression: ClassVar[str] = "0"
+    array_base: ClassVar[int] = 0
 
     # ------------------------------------------------------------------ hooks
 
     def directives(self, resources: Resources, context: ScriptContext) -> list[str]:
-        """Directive arguments (without the prefix) for this request."""
+        """Directive arguments (without the prefix) for this request, arrays included."""
         raise NotImplementedError
 
     def submit_command(self, script: str, context: ScriptContext) -> str:
@@ -119,10 +141,21 @@ class Scheduler:
         raise NotImplementedError
 
     def parse_status(self, output: str, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        """Statuses keyed by scheduler id, and by ``"<id>_<element>"`` for array elements
+        (element numbers as the scheduler counts them, from ``array_base``). Every id of
+        ``job_ids`` is present; ids the scheduler does not know are ``UNKNOWN``."""
         raise NotImplementedError
 
     def cancel_command(self, job_ids: list[str]) -> str:
         raise NotImplementedError
+
+    def max_array_size_command(self) -> str | None:
+        """A command printing the largest array the scheduler accepts, if it can tell."""
+        return None
+
+    def parse_max_array_size(self, output: str) -> int | None:
+        """How many elements one array may have, numbered from ``array_base``."""
+        return None
 
     # ------------------------------------------------------------------ shared
 
@@ -146,25 +179,38 @@ class Scheduler:
                 )
 
     def render_script(self, resources: Resources, context: ScriptContext) -> str:
-        """The whole job script: directives, environment setup, then the runner."""
+        """The whole job script: directives, then the task's own logs, setup and runner.
+
+        The task index decides which calls a task runs and where its stdout and stderr
+        go; the scheduler's own messages (time limit, memory kills) go to scheduler.log.
+        """
+        folder = shlex.quote(context.job_dir)
+        if context.array is None:
+            task = str(context.task)
+        else:
+            element = self.array_index_expression
+            task = f"$(( {context.array.offset} + {element} - {self.array_base} ))"
         lines = ["#!/bin/bash"]
         lines += [f"{self.directive_prefix} {d}" for d in self.directives(resources, context)]
         lines += [
             f"# {self.name} job written by clustrix",
+            f"cd {folder}",
+            f"task={task}",
+            'exec >> "stdout-$task" 2>> "stderr-$task"',
             "set -e",
             *setup_lines(
                 context.module_loads,
                 context.environment_variables or {},
                 context.pre_execution_commands,
             ),
-            f"cd {shlex.quote(context.job_dir)}",
             self.task_launch(resources, context),
         ]
         return "\n".join(lines) + "\n"
 
     def task_launch(self, resources: Resources, context: ScriptContext) -> str:
-        """The line that runs the runner; schedulers with arrays pass the task index."""
-        return f"exec {context.python_command} runner.py {shlex.quote(context.job_dir)} 0"
+        """The line that runs the runner on task ``$task``."""
+        folder = shlex.quote(context.job_dir)
+        return f'exec {context.python_command} {folder}/runner.py {folder} "$task"'
 
 
 def render_flag(name: str, value: Any) -> str:

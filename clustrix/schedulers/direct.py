@@ -28,7 +28,8 @@ class DirectScheduler(Scheduler):
         return []
 
     def task_launch(self, resources: Resources, context: ScriptContext) -> str:
-        command = f"{context.python_command} runner.py {shlex.quote(context.job_dir)} 0"
+        folder = shlex.quote(context.job_dir)
+        command = f'{context.python_command} {folder}/runner.py {folder} "$task"'
         nice = (context.options or {}).get("nice")
         if nice is not None:
             command = f"nice -n {int(nice)} {command}"
@@ -41,7 +42,7 @@ class DirectScheduler(Scheduler):
         # (setsid may fork, so $! would not be it); a cancel signals the whole session.
         # The exit code is kept in a file for the status check.
         inner = (
-            f"echo $$ > pid; bash {shlex.quote(script)} > stdout 2> stderr < /dev/null; "
+            f"echo $$ > pid; bash {shlex.quote(script)} >> scheduler.log 2>&1 < /dev/null; "
             "echo $? > exit_code"
         )
         return (

@@ -49,6 +49,8 @@ def parse_state(text: str) -> JobState:
 class SlurmScheduler(Scheduler):
     name = "slurm"
     directive_prefix = "#SBATCH"
+    supports_arrays = True
+    array_index_expression = "$SLURM_ARRAY_TASK_ID"
     option_help: ClassVar[dict[str, str]] = {
         "constraint": "node features required (--constraint)",
         "exclusive": "whole nodes for the job (--exclusive)",
@@ -77,7 +79,14 @@ class SlurmScheduler(Scheduler):
     }
 
     def directives(self, resources: Resources, context: ScriptContext) -> list[str]:
-        lines = ["--output=stdout", "--error=stderr", f"--cpus-per-task={resources.cores}"]
+        lines = [
+            "--output=scheduler.log",
+            "--open-mode=append",
+            f"--cpus-per-task={resources.cores}",
+        ]
+        if context.array is not None:
+            array = context.array
+            lines.append(f"--array=0-{array.count - 1}%{array.max_parallel}")
         if resources.memory_mb is not None:
             lines.append(f"--mem={resources.memory_mb}M")
         if resources.time_seconds is not None:
@@ -101,6 +110,14 @@ class SlurmScheduler(Scheduler):
         # character a name may hold, and the shell must never interpret it.
         return f"sbatch --parsable --job-name={shlex.quote(context.job_name)} {shlex.quote(script)}"
 
+    def max_array_size_command(self) -> str | None:
+        return "scontrol show config 2>/dev/null | grep -i '^MaxArraySize'"
+
+    def parse_max_array_size(self, output: str) -> int | None:
+        # Elements are numbered 0 .. MaxArraySize-1.
+        value = output.partition("=")[2].strip()
+        return int(value) if value.isdigit() else None
+
     def parse_job_id(self, output: str) -> str:
         # --parsable prints "id" or "id;cluster".
         return output.strip().splitlines()[-1].split(";")[0].strip()
@@ -111,7 +128,7 @@ class SlurmScheduler(Scheduler):
         # accounting is on) knows exit codes and jobs squeue has forgotten, but costs a
         # database query: it runs only for a detailed look at jobs that ended without result.
         command = (
-            f"squeue --noheader --states=all --format='%i|%T|%r' --jobs={ids} 2>&1; "
+            f"squeue --noheader --array --states=all --format='%i|%T|%r' --jobs={ids} 2>&1; "
             f"echo {_SECTION}; "
         )
         if detailed:

@@ -109,10 +109,10 @@ def test_cleanup_can_be_turned_off(on_slurm):
         "function.pkl",
         "calls-0.pkl",
         "runner.py",
-        "job.sh",
+        "job-0.sh",
         "result-0.pkl",
-        "stdout",
-        "stderr",
+        "stdout-0",
+        "stderr-0",
     } <= set(files)
 
 

@@ -1,0 +1,182 @@
+"""The local job database: every remote submission, written down before it is made.
+
+A laptop that sleeps, a kernel that restarts, a client killed mid-wait: the jobs go on, and
+this record is how a later process finds them again (``clustrix.get_job``, ``clustrix jobs``).
+SQLite in WAL mode with a busy timeout keeps it safe for concurrent threads and processes;
+each operation uses its own short-lived connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ACTIVE_STATES = ("SUBMITTING", "PENDING", "RUNNING")
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    cluster_type TEXT NOT NULL,
+    host TEXT NOT NULL,
+    remote_folder TEXT NOT NULL,
+    state TEXT NOT NULL,
+    items INTEGER NOT NULL,
+    task_sizes TEXT NOT NULL,
+    submissions TEXT NOT NULL DEFAULT '[]',
+    connection TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    finished REAL,
+    failed_items INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
+"""
+
+
+@dataclass
+class JobRecord:
+    """What is known of a job without asking the cluster."""
+
+    job_id: str
+    function: str
+    cluster_type: str
+    host: str
+    remote_folder: str
+    state: str
+    items: int
+    task_sizes: list[int]
+    connection: dict[str, Any]
+    submissions: list[dict[str, Any]] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    finished: float | None = None
+    failed_items: int = 0
+    message: str = ""
+
+    @property
+    def scheduler_ids(self) -> list[str]:
+        return [s["scheduler_id"] for s in self.submissions]
+
+
+def default_store_path() -> Path:
+    return Path(os.path.expanduser("~")) / ".clustrix" / "jobs.db"
+
+
+class JobStore:
+    """CRUD on the jobs table; safe to use from many threads and processes at once."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path).expanduser() if path else default_store_path()
+        self._ready = False
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA busy_timeout = 30000")
+            if not self._ready:
+                connection.execute("PRAGMA journal_mode = WAL")
+                connection.executescript(_SCHEMA)
+                os.chmod(self.path, 0o600)
+                self._ready = True
+            yield connection
+        finally:
+            connection.close()
+
+    def add(self, record: JobRecord) -> None:
+        values = asdict(record)
+        for name in ("task_sizes", "connection", "submissions"):
+            values[name] = json.dumps(values[name])
+        columns = ", ".join(values)
+        marks = ", ".join(f":{name}" for name in values)
+        with self._connect() as connection:
+            connection.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", values)
+
+    def update(self, job_id: str, **changes: Any) -> None:
+        changes["updated"] = time.time()
+        for name in ("task_sizes", "connection", "submissions"):
+            if name in changes:
+                changes[name] = json.dumps(changes[name])
+        assignments = ", ".join(f"{name} = :{name}" for name in changes)
+        with self._connect() as connection:
+            connection.execute(
+                f"UPDATE jobs SET {assignments} WHERE job_id = :job_id",
+                {**changes, "job_id": job_id},
+            )
+
+    def add_submission(self, job_id: str, submission: Mapping[str, Any]) -> None:
+        """Append a submission atomically (concurrent retries must not lose one another)."""
+        with self._connect() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            row = connection.execute(
+                "SELECT submissions FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            submissions = json.loads(row["submissions"]) if row else []
+            submissions.append(dict(submission))
+            connection.execute(
+                "UPDATE jobs SET submissions = ?, updated = ? WHERE job_id = ?",
+                (json.dumps(submissions), time.time(), job_id),
+            )
+            connection.execute("COMMIT")
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._connect() as connection:
+            row = connection.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return _record(row) if row else None
+
+    def find(self, prefix: str) -> list[JobRecord]:
+        """Jobs whose id starts with ``prefix`` (ids are long; people type the start)."""
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT * FROM jobs WHERE job_id LIKE ? ESCAPE '\\' ORDER BY created",
+                (prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def list(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        older_than: float | None = None,
+        limit: int | None = None,
+    ) -> list[JobRecord]:
+        """Newest first, optionally filtered by state and by age in seconds."""
+        query, parameters = "SELECT * FROM jobs WHERE 1=1", []
+        if states:
+            states = list(states)
+            query += f" AND state IN ({', '.join('?' for _ in states)})"
+            parameters += states
+        if older_than is not None:
+            query += " AND created < ?"
+            parameters.append(time.time() - older_than)
+        query += " ORDER BY created DESC"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        with self._connect() as connection:
+            rows = connection.execute(query, parameters).fetchall()
+        return [_record(row) for row in rows]
+
+    def delete(self, job_ids: Iterable[str]) -> None:
+        with self._connect() as connection:
+            connection.executemany("DELETE FROM jobs WHERE job_id = ?", [(i,) for i in job_ids])
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    values = dict(row)
+    for name in ("task_sizes", "connection", "submissions"):
+        values[name] = json.loads(values[name])
+    return JobRecord(**values)
