@@ -33,7 +33,9 @@ from .errors import (
     SerializationError,
     WorkerCrashedError,
 )
+from .executor import Executor
 from .futures import ClusterFuture
+from .handle import Job, JobNotFoundError, get_job, jobs
 from .local import LocalExecutor
 from .resources import Resources
 
@@ -49,7 +51,10 @@ __all__ = [
     "ClusterFuture",
     "ClustrixError",
     "ConfigError",
+    "Executor",
+    "Job",
     "JobFailedError",
+    "JobNotFoundError",
     "JobTimeoutError",
     "LocalExecutor",
     "RemoteError",
@@ -61,6 +66,8 @@ __all__ = [
     "cluster",
     "configure",
     "get_config",
+    "get_job",
+    "jobs",
     "load_config",
     "reset_config",
     "save_config",

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +271,183 @@ def trust_host(host: str, port: int, known_hosts: Path | None, yes: bool) -> Non
         raise click.ClickException("not trusted; nothing was written")
     append_known_host(path, name, key)
     click.echo(f"added {name} to {path}")
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> float:
+    """'7d', '12h', '30m' in seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise click.BadParameter(f"{text!r}: expected a number and a unit, e.g. 7d, 12h, 30m")
+    return float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp)) if timestamp else "-"
+
+
+@main.command("jobs")
+@click.option("--all", "show_all", is_flag=True, help="Include finished jobs.")
+@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
+@click.option("--limit", type=int, default=50, show_default=True)
+def jobs_command(show_all: bool, states: tuple[str, ...], limit: int) -> None:
+    """List recorded jobs, newest first (unfinished ones unless --all)."""
+    from .handle import jobs as list_jobs
+    from .store import ACTIVE_STATES
+
+    wanted = [s.upper() for s in states] or (None if show_all else list(ACTIVE_STATES))
+    found = list_jobs(states=wanted, limit=limit)
+    if not found:
+        click.echo(
+            "no jobs" + ("" if show_all or states else " running (use --all for finished ones)")
+        )
+        return
+    rows = [("JOB ID", "STATE", "CALLS", "FUNCTION", "HOST", "CREATED")]
+    for job in found:
+        record = job.record
+        calls = (
+            f"{record.items - record.failed_items}/{record.items}"
+            if record.failed_items
+            else str(record.items)
+        )
+        rows.append(
+            (
+                record.job_id,
+                record.state,
+                calls,
+                record.function,
+                record.host,
+                _when(record.created),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@main.command("job")
+@click.argument("job_id")
+def job_command(job_id: str) -> None:
+    """Show everything recorded about one job, and its state now."""
+    from .handle import get_job
+
+    job = get_job(job_id)
+    state = job.status()
+    record = job.record
+    details = [
+        ("job id", record.job_id),
+        ("function", record.function),
+        ("state", state),
+        ("calls", f"{record.items} in {len(record.task_sizes)} task(s)"),
+        ("failed calls", str(record.failed_items)),
+        ("backend", f"{record.cluster_type} via {record.host}"),
+        ("scheduler ids", ", ".join(record.scheduler_ids) or "-"),
+        ("remote folder", record.remote_folder),
+        ("created", _when(record.created)),
+        ("finished", _when(record.finished)),
+    ]
+    if record.message:
+        details.append(("note", record.message))
+    for label, value in details:
+        click.echo(f"{label + ':':<15} {value}")
+
+
+@main.command("logs")
+@click.argument("job_id")
+@click.option("--task", type=int, default=0, show_default=True, help="Array task to show.")
+@click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the job ends.")
+def logs(job_id: str, task: int, stream: str | None, follow: bool) -> None:
+    """Print a job task's stdout (or stderr)."""
+    from .handle import get_job
+    from .store import FINAL_STATES
+
+    job = get_job(job_id)
+    stream = stream or "stdout"
+    shown = 0
+    while True:
+        text = job.stdout(task) if stream == "stdout" else job.stderr(task)
+        click.echo(text[shown:], nl=False)
+        shown = len(text)
+        if not follow or job.status() in FINAL_STATES:
+            if follow:
+                text = job.stdout(task) if stream == "stdout" else job.stderr(task)
+                click.echo(text[shown:], nl=False)
+            return
+        time.sleep(1)
+
+
+@main.command("cancel")
+@click.argument("job_ids", nargs=-1, required=True)
+def cancel(job_ids: tuple[str, ...]) -> None:
+    """Cancel jobs (every unfinished task of each)."""
+    from .handle import get_job
+
+    for job_id in job_ids:
+        job = get_job(job_id)
+        done = job.cancel()
+        click.echo(
+            f"{job.job_id}: {'cancelled' if done else 'already finished (' + job.state + ')'}"
+        )
+
+
+@main.command("result")
+@click.argument("job_id")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save the result (pickled) to this file instead of printing it.",
+)
+@click.option("--timeout", type=float, help="Seconds to wait for an unfinished job.")
+def result(job_id: str, output: Path | None, timeout: float | None) -> None:
+    """Print a job's result (the list of results for a map), waiting for it if needed."""
+    import cloudpickle
+
+    from .handle import get_job
+
+    job = get_job(job_id)
+    value = (
+        job.result(timeout=timeout)
+        if job.items == 1
+        else job.results(return_exceptions=True, timeout=timeout)
+    )
+    if output is not None:
+        output.write_bytes(cloudpickle.dumps(value))
+        click.echo(f"saved the result of {job.job_id} to {output}")
+    else:
+        click.echo(repr(value))
+
+
+@main.command("clean")
+@click.option(
+    "--older-than",
+    "older_than",
+    default="7d",
+    show_default=True,
+    help="Only jobs created longer ago than this (e.g. 7d, 12h, 0s).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def clean(older_than: str, yes: bool) -> None:
+    """Remove finished jobs' remote folders and their records."""
+    from .handle import jobs as list_jobs
+    from .store import FINAL_STATES
+
+    found = list_jobs(states=FINAL_STATES, older_than=parse_age(older_than))
+    if not found:
+        click.echo(f"no finished jobs older than {older_than}")
+        return
+    for job in found:
+        click.echo(f"{job.job_id}  {job.state:<9}  {job.function}  {job.remote_folder}")
+    if not yes and not click.confirm(f"Remove these {len(found)} job(s) and their remote folders?"):
+        raise click.ClickException("nothing was removed")
+    for job in found:
+        job.remove()
+    click.echo(f"removed {len(found)} job(s)")

@@ -168,3 +168,11 @@ def test_an_unreachable_controller_is_not_mistaken_for_vanished_jobs():
     down = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
     with pytest.raises(SchedulerUnavailableError, match="Unable to contact"):
         SlurmScheduler().parse_status(down + "--clustrix-section--\n", ["9"])
+
+
+def test_slurm_array_elements_keep_their_own_status():
+    output = "50_0|COMPLETED|None\n50_1|RUNNING|None\n50_2|PENDING|JobArrayTaskLimit\n--clustrix-section--\n"
+    statuses = SlurmScheduler().parse_status(output, ["50", "51"])
+    assert statuses["50_1"].state is JobState.RUNNING
+    assert statuses["50_2"].state is JobState.PENDING
+    assert statuses["51"].state is JobState.UNKNOWN

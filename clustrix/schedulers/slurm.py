@@ -163,7 +163,8 @@ class SlurmScheduler(Scheduler):
                     known.exit_code if known else None,
                     fields[2] if len(fields) > 2 else "",
                 )
-        return {job_id: statuses.get(job_id, JobStatus(JobState.UNKNOWN)) for job_id in job_ids}
+        # Array elements keep their own "<id>_<n>" keys; requested ids nobody knows are UNKNOWN.
+        return {job_id: JobStatus(JobState.UNKNOWN) for job_id in job_ids} | statuses
 
     def cancel_command(self, job_ids: list[str]) -> str:
         return "scancel " + " ".join(shlex.quote(job_id) for job_id in job_ids)

@@ -1,0 +1,184 @@
+"""Finding jobs again: ``clustrix.get_job(job_id)`` and ``clustrix.jobs()``.
+
+A ``Job`` is a handle built from the job store's record. Any process can use it: it reconnects
+to the job's cluster with the recorded settings (and the current configuration's secrets),
+asks the scheduler how the job is doing, and fetches its results from the job folder.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from .config import ClusterConfig, get_config
+from .errors import ClustrixError
+from .jobs import RemoteJob
+from .progress import gather
+from .remote import backend_for
+from .store import FINAL_STATES, JobRecord, JobStore
+
+
+class JobNotFoundError(ClustrixError, KeyError):
+    """No job with that id (or id prefix) is in the job store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Job:
+    """A job from the store; usable from any process, including after the submitter died."""
+
+    def __init__(self, record: JobRecord, store: JobStore) -> None:
+        self._record = record
+        self._store = store
+        self._live: RemoteJob | None = None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.job_id} {self.function} on {self.host}: {self.state}>"
+
+    # ------------------------------------------------------------------ what is recorded
+
+    @property
+    def record(self) -> JobRecord:
+        """The store's current row for this job."""
+        self._record = self._store.get(self.job_id) or self._record
+        return self._record
+
+    job_id = property(lambda self: self._record.job_id)
+    function = property(lambda self: self._record.function)
+    host = property(lambda self: self._record.host)
+    remote_folder = property(lambda self: self._record.remote_folder)
+    items = property(lambda self: self._record.items)
+    state = property(lambda self: self.record.state)
+
+    # ------------------------------------------------------------------ talking to the cluster
+
+    def _config(self) -> ClusterConfig:
+        return get_config().replace(**self._record.connection, job_store=str(self._store.path))
+
+    def _job(self) -> RemoteJob:
+        if self._live is None:
+            self._check_fetchable()
+            config = self._config()
+            self._live = backend_for(config).attach(self._record, config)
+        return self._live
+
+    def _check_fetchable(self) -> None:
+        record = self.record
+        if not record.submissions:
+            raise ClustrixError(
+                f"job {self.job_id} was never accepted by the scheduler (state {record.state}); "
+                f"{record.message or 'the submitting process stopped while submitting it'}"
+            )
+        if record.state == "COMPLETED" and record.message.startswith("result delivered"):
+            raise ClustrixError(
+                f"job {self.job_id} completed and its results were delivered to the process "
+                "that submitted it; its remote folder was then removed (cleanup_on_success)"
+            )
+
+    def futures(self) -> list[Future]:
+        """One future per call, in call order."""
+        return [future for task in self._job().tasks for future in task.futures]
+
+    def status(self) -> str:
+        """SUBMITTING, PENDING, RUNNING, COMPLETED, FAILED or CANCELLED, asked of the cluster."""
+        record = self.record
+        if record.state in FINAL_STATES or not record.submissions:
+            return record.state
+        job = self._job()
+        backend = backend_for(self._config())
+        if job.pending_tasks():
+            backend.poll([job])
+        return self.record.state
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The value of a single call (or the list of values of a map), waiting if needed."""
+        if self._record.items == 1:
+            return self.futures()[0].result(timeout=timeout)
+        return self.results(timeout=timeout)
+
+    def results(
+        self, *, return_exceptions: bool = False, timeout: float | None = None
+    ) -> list[Any]:
+        """Every call's value in call order (exceptions in place with ``return_exceptions``)."""
+        futures = self.futures()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for future in futures:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                future.exception(timeout=remaining)
+            except Exception:
+                if future.cancelled():
+                    continue
+                raise
+        return gather(
+            futures, return_exceptions=return_exceptions, progress=False, description=self.function
+        )
+
+    def cancel(self) -> bool:
+        """Cancel every unfinished task of the job; False if nothing was left to cancel."""
+        if self.record.state in FINAL_STATES:
+            return False
+        job = self._job()
+        return backend_for(self._config()).cancel_job(job)
+
+    def stdout(self, task: int = 0) -> str:
+        return self._log(task, "stdout")
+
+    def stderr(self, task: int = 0) -> str:
+        return self._log(task, "stderr")
+
+    def _log(self, task: int, stream: str) -> str:
+        tasks = self._record.task_sizes
+        if not 0 <= task < len(tasks):
+            raise ClustrixError(f"job {self.job_id} has tasks 0 to {len(tasks) - 1}, not {task}")
+        config = self._config()
+        backend = backend_for(config)
+        path = f"{self.remote_folder}/{stream}-{task}"
+        return backend.transport.run(f"cat {shlex.quote(path)} 2>/dev/null; true").stdout
+
+    def remove(self) -> None:
+        """Delete the job's remote folder and its store record."""
+        config = self._config()
+        backend_for(config).transport.run(f"rm -rf {shlex.quote(self.remote_folder)}", check=False)
+        self._store.delete([self.job_id])
+
+
+def _store(job_store: str | Path | None) -> JobStore:
+    return JobStore(job_store or Path(get_config().job_store).expanduser())
+
+
+def get_job(job_id: str, *, job_store: str | Path | None = None) -> Job:
+    """The job with this id, or the only one whose id starts with it."""
+    store = _store(job_store)
+    record = store.get(job_id)
+    if record is None:
+        matches = store.find(job_id)
+        if len(matches) > 1:
+            raise JobNotFoundError(
+                f"{job_id!r} matches {len(matches)} jobs; give more of the id "
+                f"({', '.join(m.job_id for m in matches[:5])})"
+            )
+        if not matches:
+            raise JobNotFoundError(f"no job {job_id!r} in the job store {store.path}")
+        record = matches[0]
+    return Job(record, store)
+
+
+def jobs(
+    *,
+    states: Iterable[str] | None = None,
+    older_than: float | None = None,
+    limit: int | None = None,
+    job_store: str | Path | None = None,
+) -> list[Job]:
+    """Jobs in the store, newest first, filtered by state and age (seconds) if given."""
+    store = _store(job_store)
+    return [
+        Job(record, store)
+        for record in store.list(states=states, older_than=older_than, limit=limit)
+    ]
