@@ -61,11 +61,26 @@ class ClusterFuture(Future):
             return self.cancelled()
         if self._cancel_job is not None and not self._cancel_job():
             return False
-        return super().cancel()
+        return mark_cancelled(self)
 
     def __repr__(self) -> str:
         state = "cancelled" if self.cancelled() else "finished" if self.done() else "pending"
         return f"<ClusterFuture {self.name} on {self.backend}: {state}>"
+
+
+def mark_cancelled(future: Future) -> bool:
+    """Cancel the future itself (not the work), and wake ``wait``/``as_completed`` callers.
+
+    A plain ``Future.cancel`` leaves the state at CANCELLED, which ``wait`` does not count
+    as done until an executor acknowledges it; no executor will, so acknowledge it here.
+    """
+    if not Future.cancel(future):
+        return False
+    # Acknowledge only once: a second acknowledgement logs a critical error. The state name
+    # has been part of CPython's Future since 3.2.
+    if getattr(future, "_state", None) == "CANCELLED":
+        future.set_running_or_notify_cancel()
+    return True
 
 
 def add_note(exc: BaseException, note: str) -> None:

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from .errors import (
     JobTimeoutError,
     NodeFailureError,
 )
-from .futures import ClusterFuture
+from .futures import ClusterFuture, mark_cancelled
 from .jobs import (
     RemoteJob,
     Submission,
@@ -443,7 +442,7 @@ class RemoteBackend:
             for task in job.tasks:
                 task.done = True
                 for future in task.futures:
-                    _mark_cancelled(future)
+                    mark_cancelled(future)
             return job
         self._track(job)
         return job
@@ -689,7 +688,7 @@ class RemoteBackend:
             if task.submission is not None:
                 elements.append(task.submission.element_id(task.index, self.scheduler.array_base))
             for future in task.futures:
-                _mark_cancelled(future)
+                mark_cancelled(future)
         whole = {t.submission.scheduler_id for t in tasks if t.submission}
         covered = all(
             t.done for t in job.tasks if t.submission and t.submission.scheduler_id in whole
@@ -712,11 +711,6 @@ class RemoteBackend:
             return kept
         path = shlex.quote(f"{job.folder}/{stream}-{task.index}")
         return self.transport.run(f"cat {path} 2>/dev/null; true", check=False).stdout
-
-
-def _mark_cancelled(future: ClusterFuture) -> None:
-    """Cancel the future itself, without calling back into the backend."""
-    Future.cancel(future)
 
 
 def _logs(task: int) -> tuple[str, str]:

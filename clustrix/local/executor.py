@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import runner
 from ..errors import ConfigError, JobTimeoutError, WorkerCrashedError
-from ..futures import ClusterFuture, add_note, resolved
+from ..futures import ClusterFuture, add_note, mark_cancelled, resolved
 from ..payload import (
     CallArgs,
     batch_outcomes,
@@ -227,7 +227,7 @@ class LocalExecutor:
         func: Callable[..., Any],
     ) -> None:
         if inner.cancelled():
-            Future.cancel(future)
+            mark_cancelled(future)
             return
         try:
             (outcome,) = batch_outcomes(inner.result(), where=_WHERE, func=func)
@@ -467,7 +467,7 @@ def _chain_native(inner: Future, future: ClusterFuture) -> None:
 
     def transfer(done: Future) -> None:
         if done.cancelled():
-            Future.cancel(future)
+            mark_cancelled(future)
         elif done.exception() is not None:
             _settle(future, (False, done.exception()))
         else:

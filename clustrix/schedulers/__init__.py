@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from .base import JobState, JobStatus, Scheduler, ScriptContext
 from .direct import DirectScheduler
+from .pbs import PbsScheduler
+from .sge import SgeScheduler
 from .slurm import SlurmScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
+    "pbs": PbsScheduler,
+    "sge": SgeScheduler,
     "slurm": SlurmScheduler,
     "ssh": DirectScheduler,
 }

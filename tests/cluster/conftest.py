@@ -124,6 +124,25 @@ def on_slurm(test_cluster: TestCluster) -> TestCluster:
 
 
 @pytest.fixture
+def on_sge(test_cluster: TestCluster) -> TestCluster:
+    """configure() pointed at Grid Engine through the SSH login."""
+    _require(test_cluster.sge, "SGE")
+    clustrix.configure(**test_cluster.settings("sge"))
+    return test_cluster
+
+
+@pytest.fixture
+def on_pbs(test_cluster: TestCluster, monkeypatch: pytest.MonkeyPatch) -> TestCluster:
+    """configure() pointed at "PBS": SLURM's PBS-style wrappers, in a folder off PATH."""
+    from clustrix.schedulers.pbs import PbsScheduler
+
+    _require(bool(test_cluster.pbs_bin) and test_cluster.slurm, "PBS (SLURM's wrappers)")
+    monkeypatch.setattr(PbsScheduler, "bin_dir", test_cluster.pbs_bin)
+    clustrix.configure(**test_cluster.settings("pbs"))
+    return test_cluster
+
+
+@pytest.fixture
 def on_ssh(test_cluster: TestCluster) -> TestCluster:
     """configure() pointed at the plain SSH host."""
     clustrix.configure(**test_cluster.settings("ssh"))

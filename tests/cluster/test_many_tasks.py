@@ -1,0 +1,144 @@
+"""Many calls as one submission, the Executor, and polling cost, on the real SLURM."""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import FIRST_COMPLETED, as_completed, wait
+
+import pytest
+
+import clustrix
+from clustrix import cluster
+from clustrix.remote import backend_for
+
+
+class ItemError(ValueError):
+    pass
+
+
+@cluster(time="00:05:00", memory="200MB")
+def square(x):
+    return x * x
+
+
+@cluster(time="00:05:00", memory="200MB")
+def fail_on_multiples_of_seven(x):
+    if x % 7 == 3:
+        raise ItemError(f"item {x} failed")
+    return x
+
+
+@cluster(time="00:05:00", memory="200MB")
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_map_of_200_items_is_one_array_in_input_order(on_slurm):
+    results = square.map(range(200))
+    assert results == [x * x for x in range(200)]
+    (job,) = clustrix.jobs(states=["COMPLETED", "PENDING", "RUNNING"], limit=1)
+    record = job.record
+    assert record.items == 200
+    assert len(record.submissions) == 1, "one submission for the whole map"
+    assert record.submissions[0]["is_array"] is True
+    assert sum(record.task_sizes) == 200 and len(record.task_sizes) == 100
+
+
+def test_map_is_split_at_a_small_maximum_array_size(on_slurm):
+    clustrix.configure(max_array_size=7)
+    results = square.map(range(40), chunksize=1)
+    assert results == [x * x for x in range(40)]
+    (job,) = clustrix.jobs(limit=1, states=None)
+    assert [s["count"] for s in job.record.submissions] == [7, 7, 7, 7, 7, 5]
+    assert [s["offset"] for s in job.record.submissions] == [0, 7, 14, 21, 28, 35]
+
+
+def test_failing_items_with_and_without_return_exceptions(on_slurm):
+    results = fail_on_multiples_of_seven.map(range(20), return_exceptions=True)
+    for x, value in enumerate(results):
+        if x % 7 == 3:
+            assert isinstance(value, ItemError) and str(value) == f"item {x} failed"
+        else:
+            assert value == x
+
+    with pytest.raises(ItemError, match="item 3 failed") as info:
+        fail_on_multiples_of_seven.map(range(20))
+    note = " ".join(getattr(info.value, "__notes__", []))
+    job_id = re.search(r"of the map (\S+);", note).group(1)
+    # The other results stay retrievable.
+    again = clustrix.get_job(job_id).results(return_exceptions=True, timeout=120)
+    assert [v for v in again if not isinstance(v, Exception)] == [
+        x for x in range(20) if x % 7 != 3
+    ]
+
+
+def test_cancel_of_a_whole_map(on_slurm):
+    backend = backend_for(clustrix.get_config())
+    job = backend.submit(
+        nap.__wrapped__, [((60,), {}) for _ in range(6)], config=clustrix.get_config(),
+        resources=nap.resources(), environment=None, options={}, chunksize=1,
+    )
+    futures = [f for task in job.tasks for f in task.futures]
+    time.sleep(2)
+    handle = clustrix.get_job(job.job_id)
+    assert handle.cancel() is True
+    assert all(f.cancelled() for f in futures)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        queue = on_slurm.transport().run(
+            f"squeue -h -r -j {futures[0].scheduler_id} -t PENDING,RUNNING", check=False
+        ).stdout.strip()
+        if not queue:
+            break
+        time.sleep(0.5)
+    assert queue == "", "no element of the array is left queued or running"
+    assert clustrix.get_job(job.job_id).state == "CANCELLED"
+
+
+def test_polling_is_one_status_command_per_interval_for_200_tasks(on_slurm):
+    backend = backend_for(clustrix.get_config())
+    commands: list[tuple[float, str]] = []
+    original = backend.transport.run
+
+    def recording_run(command, **kwargs):
+        commands.append((time.monotonic(), command))
+        return original(command, **kwargs)
+
+    backend.transport.run = recording_run
+    try:
+        started = time.monotonic()
+        assert square.map(range(200), chunksize=1) == [x * x for x in range(200)]
+        elapsed = time.monotonic() - started
+    finally:
+        del backend.transport.run
+    polls = [c for _, c in commands if "squeue" in c]
+    assert polls
+    assert all(c.count("squeue") == 1 for c in polls), "one scheduler query per poll command"
+    # 200 pending tasks, yet at most one poll per 0.1 s (the shortest interval).
+    assert len(polls) <= elapsed / 0.1 + 2
+    assert len(polls) < 200
+
+
+def test_executor_submit_map_wait_as_completed_and_shutdown(on_slurm):
+    with clustrix.Executor(time="00:05:00", memory="200MB") as executor:
+        futures = [executor.submit(pow, 2, i) for i in range(5)]
+        assert sorted(f.result(timeout=300) for f in as_completed(futures, timeout=300)) == [
+            1, 2, 4, 8, 16
+        ]
+        assert list(executor.map(pow, [2, 3, 4], [2, 2, 2], chunksize=2)) == [4, 9, 16]
+        slow = executor.submit(time.sleep, 30)
+        fast = executor.submit(abs, -1)
+        done, _ = wait([slow, fast], timeout=300, return_when=FIRST_COMPLETED)
+        assert fast in done
+        executor.shutdown(wait=True, cancel_futures=True)
+        assert slow.cancelled()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(abs, 1)
+
+
+def test_progress_bar_shows_counts(on_slurm, capsys):
+    square.map(range(10), progress=True)
+    err = capsys.readouterr().err
+    assert "10/10" in err and "done=10" in err and "failed=0" in err
