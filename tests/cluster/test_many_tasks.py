@@ -77,8 +77,13 @@ def test_failing_items_with_and_without_return_exceptions(on_slurm):
 def test_cancel_of_a_whole_map(on_slurm):
     backend = backend_for(clustrix.get_config())
     job = backend.submit(
-        nap.__wrapped__, [((60,), {}) for _ in range(6)], config=clustrix.get_config(),
-        resources=nap.resources(), environment=None, options={}, chunksize=1,
+        nap.__wrapped__,
+        [((60,), {}) for _ in range(6)],
+        config=clustrix.get_config(),
+        resources=nap.resources(),
+        environment=None,
+        options={},
+        chunksize=1,
     )
     futures = [f for task in job.tasks for f in task.futures]
     time.sleep(2)
@@ -87,9 +92,11 @@ def test_cancel_of_a_whole_map(on_slurm):
     assert all(f.cancelled() for f in futures)
     deadline = time.time() + 30
     while time.time() < deadline:
-        queue = on_slurm.transport().run(
-            f"squeue -h -r -j {futures[0].scheduler_id} -t PENDING,RUNNING", check=False
-        ).stdout.strip()
+        queue = (
+            on_slurm.transport()
+            .run(f"squeue -h -r -j {futures[0].scheduler_id} -t PENDING,RUNNING", check=False)
+            .stdout.strip()
+        )
         if not queue:
             break
         time.sleep(0.5)
@@ -125,7 +132,11 @@ def test_executor_submit_map_wait_as_completed_and_shutdown(on_slurm):
     with clustrix.Executor(time="00:05:00", memory="200MB") as executor:
         futures = [executor.submit(pow, 2, i) for i in range(5)]
         assert sorted(f.result(timeout=300) for f in as_completed(futures, timeout=300)) == [
-            1, 2, 4, 8, 16
+            1,
+            2,
+            4,
+            8,
+            16,
         ]
         assert list(executor.map(pow, [2, 3, 4], [2, 2, 2], chunksize=2)) == [4, 9, 16]
         slow = executor.submit(time.sleep, 30)
