@@ -1,0 +1,99 @@
+"""Many calls on SLURM: Clustrix's map (one job array, over SSH) against submitit's map_array.
+
+    bash scripts/testcluster.sh up
+    pip install -e ".[bench]"
+    python bench/slurm_map.py [--calls 200] [--tiny 10000]
+
+Run as root on the test-cluster machine: submitit submits with the local `sbatch` (no SSH
+hop); Clustrix goes through the SSH login as a laptop would, and packs several calls into each
+array task. Both ask for the same memory and time per task. Prints wall times and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import submitit
+
+import clustrix
+from clustrix.remote import backend_for
+
+ENV_FILE = Path(os.environ.get("CLUSTRIX_TESTCLUSTER_DIR", "/var/tmp/clustrix-testcluster")) / "env"
+
+
+def cluster_settings() -> dict[str, str]:
+    values = {}
+    for line in ENV_FILE.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export ") :].partition("=")
+            values[key] = shlex.split(value)[0] if value else ""
+    return values
+
+
+def trivial(x: int) -> int:
+    return x + 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--tiny", type=int, default=10_000, help="calls in the large map")
+    args = parser.parse_args()
+    settings = cluster_settings()
+    os.environ["SLURM_CONF"] = settings["SLURM_CONF"]
+    work_dir = f"~/clustrix-bench/{uuid.uuid4().hex[:8]}"
+    clustrix.configure(
+        cluster_type="slurm",
+        cluster_host=settings["CLUSTRIX_TEST_SSH_HOST"],
+        cluster_port=int(settings["CLUSTRIX_TEST_SSH_PORT"]),
+        username=settings["CLUSTRIX_TEST_SSH_USER"],
+        key_file=settings["CLUSTRIX_TEST_SSH_KEY"],
+        known_hosts_file=settings["CLUSTRIX_TEST_KNOWN_HOSTS"],
+        remote_work_dir=work_dir,
+        job_store=f"{tempfile.mkdtemp()}/jobs.db",
+        job_poll_interval=1.0,
+        progress="off",
+    )
+    remote_trivial = clustrix.cluster(trivial, time="00:05:00", memory="200MB")
+    remote_trivial(0)  # warm: connection open, environment built
+
+    items = list(range(args.calls))
+    expected = [trivial(x) for x in items]
+    started = time.perf_counter()
+    assert remote_trivial.map(items) == expected
+    ours = time.perf_counter() - started
+
+    with tempfile.TemporaryDirectory(prefix="submitit-bench-", dir="/var/tmp") as folder:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
+        executor.update_parameters(time=5, mem="200M", cpus_per_task=1, array_parallelism=100)
+        executor.submit(trivial, 0).result()  # warm
+        started = time.perf_counter()
+        jobs = executor.map_array(trivial, items)
+        assert [job.result() for job in jobs] == expected
+        theirs = time.perf_counter() - started
+
+    print(f"{args.calls} trivial calls as one job array")
+    print(f"  clustrix map over SSH         {ours:7.2f} s")
+    print(f"  submitit map_array (local)    {theirs:7.2f} s")
+    print(f"  ratio clustrix / submitit: {ours / theirs:.2f}  (target <= 0.5)\n")
+
+    many = list(range(args.tiny))
+    started = time.perf_counter()
+    assert remote_trivial.map(many) == [trivial(x) for x in many]
+    print(
+        f"{args.tiny} trivial calls: clustrix map {time.perf_counter() - started:.2f} s "
+        "(submitit not run: one process per call)"
+    )
+    backend = backend_for(clustrix.get_config())
+    folder = work_dir.replace("~", backend.transport.home(), 1)
+    backend.transport.run(f"rm -rf {shlex.quote(folder)}", check=False)
+
+
+if __name__ == "__main__":
+    main()
