@@ -81,6 +81,7 @@ class ClusterFunction:
         environment: str | list[str] | None = None,
         gpus: int | None = None,
         retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
         timeout: float | None = None,
         profile: str | None = None,
         executor: str | None = None,
@@ -120,6 +121,14 @@ class ClusterFunction:
             )
         _check_environment(environment)
         _check_optional_number("retries", retries, 0, integer=True)
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+            raise ConfigError(
+                f"retry_on={retry_on!r} is not valid: expected exception classes",
+                field="retry_on",
+                value=retry_on,
+            )
         _check_optional_number("timeout", timeout, 0.001, integer=False)
         if profile is not None and (not isinstance(profile, str) or not profile):
             raise ConfigError(
@@ -136,6 +145,7 @@ class ClusterFunction:
         self.environment = environment
         self.gpus = gpus or 0
         self.retries = retries
+        self.retry_on = tuple(retry_on)
         self.timeout = timeout
         self.profile = profile
         self.scheduler_options: Mapping[str, Any] = dict(scheduler_options)
@@ -182,6 +192,7 @@ class ClusterFunction:
             environment=self.environment,
             gpus=self.gpus or None,
             retries=self.retries,
+            retry_on=self.retry_on,
             timeout=self.timeout,
             profile=self.profile,
             **self.scheduler_options,
@@ -222,6 +233,7 @@ class ClusterFunction:
             options=self.scheduler_options,
             chunksize=chunksize,
             retries=self.retries,
+            retry_on=self.retry_on,
         )
 
     # ------------------------------------------------------------------ calling
@@ -250,7 +262,9 @@ class ClusterFunction:
         def start() -> ClusterFuture:
             return executor.submit_call(func, args, kwargs, timeout=self.timeout)
 
-        return start() if self.retries == 0 else _with_retries(start, self.retries)
+        if self.retries == 0:
+            return start()
+        return _with_retries(start, self.retries, _RETRIED_FAILURES + self.retry_on)
 
     def map(
         self,
@@ -308,8 +322,10 @@ def _rebuild(func: Callable[..., Any], arguments: dict[str, Any]) -> ClusterFunc
 _RETRIED_FAILURES = (WorkerCrashedError, NodeFailureError)
 
 
-def _with_retries(start: Callable[[], ClusterFuture], retries: int) -> ClusterFuture:
-    """Re-run a call whose worker or node died, up to ``retries`` more times, behind one future."""
+def _with_retries(
+    start: Callable[[], ClusterFuture], retries: int, retried: tuple[type[BaseException], ...]
+) -> ClusterFuture:
+    """Re-run a call that failed with one of ``retried``, up to ``retries`` more times."""
     first = start()
     outer = ClusterFuture(first.name, first.backend)
     current = {"future": first}
@@ -322,7 +338,7 @@ def _with_retries(start: Callable[[], ClusterFuture], retries: int) -> ClusterFu
             outer.cancel()
             return
         error = done.exception()
-        if isinstance(error, _RETRIED_FAILURES) and outer.attempts <= retries:
+        if isinstance(error, retried) and outer.attempts <= retries:
             outer.attempts += 1
             logger.warning(
                 "retrying %s (attempt %d of %d): %s",
@@ -354,7 +370,8 @@ def cluster(func: Callable[..., Any] | None = None, **options: Any) -> Any:
     """Run a function's calls on the configured backend: ``@cluster`` or ``@cluster(cores=8)``.
 
     Arguments: ``cores``, ``memory``, ``time``, ``partition``, ``queue``, ``gpus``,
-    ``parallel``, ``environment``, ``retries`` (re-runs after a worker or node failure),
+    ``parallel``, ``environment``, ``retries`` (re-runs after a worker or node failure, and
+    after the exception types listed in ``retry_on``),
     ``timeout`` (seconds), ``profile``, ``executor`` (local: auto, processes, threads, inline)
     and scheduler-specific options as further keywords.
     """

@@ -146,6 +146,8 @@ class RemoteJob:
     echo_output: bool
     store: Any  # the JobStore recording this job
     retries: int = 0
+    #: Exception types of the user's function that also trigger a resubmission.
+    retry_on: tuple[type[BaseException], ...] = ()
     #: How the first submission was made, to resubmit tasks the same way (None if attached).
     context: Any = None
     resources: Any = None

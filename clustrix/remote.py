@@ -197,6 +197,7 @@ class RemoteBackend:
         options: Mapping[str, Any],
         chunksize: int | None = None,
         retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
     ) -> RemoteJob:
         """Stage and submit ``calls`` as one job (an array when there are several tasks).
 
@@ -242,6 +243,7 @@ class RemoteBackend:
             )
         )
         job = self._new_job(job_id, folder, name, func, [len(c) for c in chunks], config, retries)
+        job.retry_on = retry_on
         for task in job.tasks:
             for future in task.futures:
                 future.environment = report
@@ -583,6 +585,14 @@ class RemoteBackend:
                 f"could not read the result of task {task.index} of job {job.job_id}: {exc}"
             )
             outcomes = [(False, error)] * len(task.futures)
+        if (
+            job.retry_on
+            and task.attempts <= job.retries
+            and any(not ok and isinstance(value, job.retry_on) for ok, value in outcomes)
+        ):
+            # Asked for: run the task again (all its calls; they are one process).
+            self._resubmit(job, [task])
+            return
         task.done = True
         for future, (ok, value) in zip(task.futures, outcomes, strict=True):
             future.attempts = task.attempts
@@ -630,8 +640,10 @@ class RemoteBackend:
             part = replace(job.context, array=None, task=task.index)
             name = f"retry-{task.index}-{task.attempts}.sh"
             script = self.scheduler.render_script(job.resources, part)
+            # The previous attempt's result, if any, must not be collected as this one's.
             output = self.transport.run(
-                f"cd {shlex.quote(job.folder)} && cat > {name} && chmod 700 {name} && "
+                f"cd {shlex.quote(job.folder)} && rm -f {result_file(task.index)} && "
+                f"cat > {name} && chmod 700 {name} && "
                 f"{{ {self.scheduler.submit_command(name, part)}; }}",
                 stdin=script.encode(),
             ).stdout

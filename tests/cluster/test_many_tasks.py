@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from concurrent.futures import FIRST_COMPLETED, as_completed, wait
@@ -153,3 +154,61 @@ def test_progress_bar_shows_counts(on_slurm, capsys):
     square.map(range(10), progress=True)
     err = capsys.readouterr().err
     assert "10/10" in err and "done=10" in err and "failed=0" in err
+
+
+def test_retries_resubmit_a_task_lost_with_its_node(on_slurm):
+    """A node failure (the node set down under a running job) is resubmitted with retries=1."""
+    from clustrix.transport.local import LocalTransport
+
+    @cluster(time="00:05:00", memory="200MB", retries=1, no_requeue=True)
+    def survive(x):
+        import time
+
+        time.sleep(8)
+        return x
+
+    future = survive.submit(5)
+    root = LocalTransport()  # the tests run as root on the cluster's machine
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        state = root.run(f"squeue -h -o %T -j {future.scheduler_id}", check=False).stdout.strip()
+        if state == "RUNNING":
+            break
+        time.sleep(0.2)
+    first_id = future.scheduler_id
+    try:
+        root.run("scontrol update nodename=$(hostname -s) state=down reason=clustrix-test")
+        time.sleep(2)
+    finally:
+        root.run("scontrol update nodename=$(hostname -s) state=resume", check=False)
+    assert future.result(timeout=240) == 5
+    assert future.attempts == 2
+    assert future.scheduler_id != first_id
+
+
+def test_retry_on_user_exceptions_only_when_asked(on_slurm, tmp_path):
+    marker = f"/tmp/clustrix-retry-{os.getpid()}"
+    on_slurm.transport().run(f"rm -f {marker}")
+
+    @cluster(time="00:05:00", memory="200MB", retries=2, retry_on=(ConnectionError,))
+    def flaky(path):
+        from pathlib import Path
+
+        count = int(Path(path).read_text()) + 1 if Path(path).exists() else 1
+        Path(path).write_text(str(count))
+        if count < 3:
+            raise ConnectionError(f"attempt {count}")
+        return count
+
+    future = flaky.submit(marker)
+    assert future.result(timeout=300) == 3
+    assert future.attempts == 3
+
+    @cluster(time="00:05:00", memory="200MB", retries=2)
+    def fails_once(path):
+        raise ItemError("not retried: ItemError is not in retry_on")
+
+    future = fails_once.submit(marker)
+    with pytest.raises(ItemError):
+        future.result(timeout=300)
+    assert future.attempts == 1
