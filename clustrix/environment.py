@@ -29,6 +29,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import ConfigError
+from .introspect import reachable
 
 # Never installed from an index: the runner needs only cloudpickle, and clustrix objects are
 # unwrapped before they travel.
@@ -65,13 +66,6 @@ def _top(name: str | None) -> str | None:
     return name.partition(".")[0] if name else None
 
 
-def _walk_code(code: types.CodeType) -> Iterable[types.CodeType]:
-    yield code
-    for constant in code.co_consts:
-        if isinstance(constant, types.CodeType):
-            yield from _walk_code(constant)
-
-
 def _module_of(value: Any) -> str | None:
     if isinstance(value, types.ModuleType):
         return value.__name__
@@ -84,42 +78,12 @@ def _module_of(value: Any) -> str | None:
 def modules_used_by(func: Callable[..., Any], limit: int = 500) -> set[str]:
     """Module names a function imports or refers to, following the functions it calls."""
     found: set[str] = set()
-    pending: list[Any] = [func]
-    seen: set[int] = set()
-    while pending and len(seen) < limit:
-        item = pending.pop()
-        item = getattr(item, "__wrapped__", item)
-        code = getattr(item, "__code__", None)
-        if code is None or id(code) in seen:
-            continue
-        seen.add(id(code))
-        found.add(getattr(item, "__module__", None) or "__main__")
-        namespace = getattr(item, "__globals__", {})
-        cells = [c.cell_contents for c in (getattr(item, "__closure__", None) or ()) if _filled(c)]
-        for nested in _walk_code(code):
-            for instruction in dis.get_instructions(nested):
-                if instruction.opname == "IMPORT_NAME":
-                    found.add(instruction.argval)
-            for name in nested.co_names:
-                if name in namespace:
-                    cells.append(namespace[name])
-        for value in cells:
-            module = _module_of(value)
-            if module:
-                found.add(module)
-            if isinstance(value, (types.FunctionType, types.MethodType)) or hasattr(
-                value, "__wrapped__"
-            ):
-                pending.append(value)
+    for reached in reachable(func, limit):
+        found.add(getattr(reached.function, "__module__", None) or "__main__")
+        for code in reached.codes:
+            found.update(i.argval for i in dis.get_instructions(code) if i.opname == "IMPORT_NAME")
+        found.update(filter(None, map(_module_of, reached.referenced)))
     return {m for m in found if m}
-
-
-def _filled(cell: types.CellType) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018 - probing an empty cell raises
-    except ValueError:
-        return False
-    return True
 
 
 def modules_named_in_pickle(data: bytes) -> set[str]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import linecache
 import re
-import types
 from collections.abc import Callable
 from typing import Any
+
+from .introspect import reachable
 
 _DYNAMIC_FRAME = re.compile(r'^(\s*)File "<dynamic-code>", line (\d+), in (\S+)$')
 _MAX_FUNCTIONS = 200
@@ -21,33 +22,10 @@ _MAX_FUNCTIONS = 200
 def code_files(func: Callable[..., Any]) -> dict[str, str]:
     """Map function names to their source files, for ``func`` and what it calls by name."""
     found: dict[str, str] = {}
-    pending: list[Any] = [func]
-    seen: set[int] = set()
-    while pending and len(seen) < _MAX_FUNCTIONS:
-        item = pending.pop()
-        item = getattr(item, "__wrapped__", item)
-        code = getattr(item, "__code__", None)
-        if code is None or id(code) in seen:
-            continue
-        seen.add(id(code))
-        module_globals = getattr(item, "__globals__", {})
-        for nested in _walk_code(code):
-            found.setdefault(nested.co_name, nested.co_filename)
-            pending.extend(
-                module_globals[name]
-                for name in nested.co_names
-                if isinstance(module_globals.get(name), (types.FunctionType, type))
-                or hasattr(module_globals.get(name), "__wrapped__")
-            )
+    for reached in reachable(func, _MAX_FUNCTIONS):
+        for code in reached.codes:
+            found.setdefault(code.co_name, code.co_filename)
     return found
-
-
-def _walk_code(code: types.CodeType) -> list[types.CodeType]:
-    codes = [code]
-    for constant in code.co_consts:
-        if isinstance(constant, types.CodeType):
-            codes.extend(_walk_code(constant))
-    return codes
 
 
 def restore_locations(traceback_text: str, files: dict[str, str]) -> str:
