@@ -104,7 +104,7 @@ def test_sge_no_throttle_when_every_task_may_run():
 
 def test_sge_job_names_are_sanitised_and_quoted():
     command = SgeScheduler().submit_command("job-0.sh", context(job_name="1 it's/a:b@c*d?e\\f\tg"))
-    assert command == "qsub -terse -N _1_it_s_a_b_c_d_e_f_g job-0.sh"
+    assert command == "qsub -terse -N j1_it_s_a_b_c_d_e_f_g job-0.sh"
     assert SgeScheduler().submit_command("job 0.sh", context()).endswith(" 'job 0.sh'")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -114,6 +115,12 @@ class Scheduler:
     option_help: ClassVar[Mapping[str, str]] = {}
     #: Whether many tasks can be one submission; without arrays, each task is a job.
     supports_arrays: ClassVar[bool] = False
+    #: qsub-style pass-through options: name -> (flag, meaning). ``flag`` ending in "=" is
+    #: glued to its value; True gives the bare flag; ``yes_no_options`` render as ``flag y|n``.
+    flag_options: ClassVar[Mapping[str, tuple[str, str]]] = {}
+    yes_no_options: ClassVar[frozenset[str]] = frozenset()
+    #: qsub splits directive lines on whitespace, so values there cannot hold any.
+    values_without_whitespace: ClassVar[bool] = False
     #: Shell expression of the scheduler's element number inside an array task, counted
     #: from ``array_base``.
     array_index_expression: ClassVar[str] = "0"
@@ -177,6 +184,37 @@ class Scheduler:
                     field=name,
                     value=value,
                 )
+            if (
+                self.values_without_whitespace
+                and isinstance(value, str)
+                and (not value.strip() or re.search(r"\s", value))
+            ):
+                raise ConfigError(
+                    f"{self.name} option {name}={value!r} must be non-empty and without whitespace",
+                    field=name,
+                    value=value,
+                )
+
+    def flag_directives(self, options: Mapping[str, Any]) -> list[str]:
+        """Directives for the pass-through options listed in ``flag_options``."""
+        lines = []
+        for name, value in options.items():
+            if (
+                name not in self.flag_options
+                or value is None
+                or (value is False and (name not in self.yes_no_options))
+            ):
+                continue
+            flag = self.flag_options[name][0]
+            if name in self.yes_no_options:
+                lines.append(f"{flag} {'y' if value else 'n'}")
+            elif flag.endswith("="):
+                lines.append(f"{flag}{value}")
+            elif value is True:
+                lines.append(flag)
+            else:
+                lines.append(f"{flag} {value}")
+        return lines
 
     def render_script(self, resources: Resources, context: ScriptContext) -> str:
         """The whole job script: directives, then the task's own logs, setup and runner.
@@ -211,6 +249,31 @@ class Scheduler:
         """The line that runs the runner on task ``$task``."""
         folder = shlex.quote(context.job_dir)
         return f'exec {context.python_command} {folder}/runner.py {folder} "$task"'
+
+
+_NAME_REFUSED = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def plain_job_name(name: str, limit: int = 200) -> str:
+    """A name qsub-style schedulers accept: ``[A-Za-z0-9._-]``, starting with a letter."""
+    cleaned = _NAME_REFUSED.sub("_", name) or "clustrix"
+    if not cleaned[0].isalpha():
+        cleaned = f"j{cleaned}"
+    return cleaned[:limit]
+
+
+def clock_seconds(text: str) -> float | None:
+    """``5``, ``5.2``, ``0:0:5`` or ``00:00:05`` as seconds; None if it is none of those."""
+    text = text.strip()
+    if not text:
+        return None
+    total = 0.0
+    try:
+        for part in text.split(":"):
+            total = total * 60 + float(part)
+    except ValueError:
+        return None
+    return total
 
 
 def render_flag(name: str, value: Any) -> str:

@@ -44,10 +44,9 @@ from typing import Any, ClassVar
 
 from ..errors import ConfigError, SchedulerUnavailableError
 from ..resources import Resources, format_clock
-from .base import JobState, JobStatus, Scheduler, ScriptContext
+from .base import JobState, JobStatus, Scheduler, ScriptContext, clock_seconds, plain_job_name
 
 _FLAVORS = ("pro", "torque")
-_NAME_REFUSED = re.compile(r"[^A-Za-z0-9._-]")
 _NAME_LIMITS = {"pro": 236, "torque": 15}
 _BLOCK = re.compile(r"^Job Id:\s*(\S+)")
 _ATTRIBUTE = re.compile(r"^\s+([A-Za-z_][\w.]*) = ?(.*)$")
@@ -105,6 +104,9 @@ class PbsScheduler(Scheduler):
     supports_arrays = True
     array_index_expression = "${PBS_ARRAY_INDEX:-${PBS_ARRAYID:-$SLURM_ARRAY_TASK_ID}}"
     array_base = 0
+    flag_options = _FLAGS
+    yes_no_options = frozenset({"rerunnable"})
+    values_without_whitespace = True
     #: Folder of qsub, qstat and qdel when they are not on the login shell's PATH.
     bin_dir: str = ""
     option_help: ClassVar[dict[str, str]] = {
@@ -126,13 +128,6 @@ class PbsScheduler(Scheduler):
                 field="flavor",
                 value=flavor,
             )
-        for name, value in options.items():
-            if isinstance(value, str) and (not value.strip() or re.search(r"\s", value)):
-                raise ConfigError(
-                    f"pbs option {name}={value!r} must be non-empty and without whitespace",
-                    field=name,
-                    value=value,
-                )
 
     # ------------------------------------------------------------------ script
 
@@ -171,15 +166,7 @@ class PbsScheduler(Scheduler):
             else:
                 # PBS Pro has no throttle in -J (OpenPBS >= 2020: W="max_run_subjobs=N").
                 lines.append(f"-J 0-{last}")
-        for name, value in options.items():
-            flag = _FLAGS[name][0]
-            if name == "rerunnable":
-                lines.append(f"-r {'y' if value else 'n'}")
-            elif flag.endswith("="):
-                lines.append(f"{flag}{value}")
-            elif value is not False and value is not None:
-                lines.append(f"{flag} {value}")
-        return lines
+        return lines + self.flag_directives(options)
 
     # ------------------------------------------------------------------ commands
 
@@ -190,7 +177,7 @@ class PbsScheduler(Scheduler):
         # Output options go on the command line too: SLURM's qsub wrapper overrides the
         # script's -o with its own default otherwise; for PBS they are the same request.
         flavor = (context.options or {}).get("flavor", "pro")
-        name = shlex.quote(job_name(context.job_name, _NAME_LIMITS.get(flavor, 15)))
+        name = shlex.quote(plain_job_name(context.job_name, _NAME_LIMITS.get(flavor, 15)))
         return f"{self._command('qsub')} -N {name} -o scheduler.log -j oe {shlex.quote(script)}"
 
     def parse_job_id(self, output: str) -> str:
@@ -255,14 +242,6 @@ class PbsScheduler(Scheduler):
         return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def job_name(name: str, limit: int) -> str:
-    """A name every PBS accepts: ``[A-Za-z0-9._-]``, starting with a letter, ``limit`` long."""
-    cleaned = _NAME_REFUSED.sub("_", name)
-    if not cleaned[:1].isalpha():
-        cleaned = f"j{cleaned}"
-    return cleaned[:limit]
-
-
 def short_id(job_id: str) -> str:
     """``123``, ``123[]`` or ``123[4]``: the id without its server name."""
     return job_id.split(".", 1)[0]
@@ -318,16 +297,6 @@ def attribute_status(attributes: Mapping[str, str]) -> JobStatus:
 
 
 def _over_walltime(attributes: Mapping[str, str]) -> bool:
-    limit = _seconds(attributes.get("resource_list.walltime", ""))
-    used = _seconds(attributes.get("resources_used.walltime", ""))
+    limit = clock_seconds(attributes.get("resource_list.walltime", ""))
+    used = clock_seconds(attributes.get("resources_used.walltime", ""))
     return limit is not None and used is not None and used >= limit
-
-
-def _seconds(text: str) -> int | None:
-    parts = text.strip().split(":")
-    if not text.strip() or not all(part.isdigit() for part in parts):
-        return None
-    total = 0
-    for part in parts:
-        total = total * 60 + int(part)
-    return total

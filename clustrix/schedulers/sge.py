@@ -35,17 +35,16 @@ import math
 import re
 import shlex
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ..errors import ConfigError, SchedulerUnavailableError
+from ..errors import SchedulerUnavailableError
 from ..resources import Resources, format_clock
-from .base import JobState, JobStatus, Scheduler, ScriptContext
+from .base import JobState, JobStatus, Scheduler, ScriptContext, clock_seconds, plain_job_name
 
 _QSTAT_EXIT = "--clustrix-qstat-exit--"
 _JOB_MARK = "--clustrix-sge-job--"
 _ACCOUNTING_WAIT = 2  # seconds, once per detailed look, for qmaster to flush accounting
 _RECORD_SEPARATOR = re.compile(r"^={10,}\s*$")
-_NAME_REFUSED = re.compile(r"[^A-Za-z0-9._-]")
 
 # qacct's "failed" codes with a meaning of their own (sge_status(5), accounting(5)).
 _FAILED_LIMIT = 37  # qmaster enforced h_rt, h_cpu, or h_vmem limit
@@ -85,17 +84,9 @@ class SgeScheduler(Scheduler):
         "gpu_resource": "the complex that gpus= requests (default 'gpu')",
         **{name: meaning for name, (_, meaning) in _FLAGS.items()},
     }
-
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        super().check_options(options)
-        for name, value in options.items():
-            # Directive lines are split on whitespace by qsub: a value cannot hold any.
-            if isinstance(value, str) and (not value.strip() or re.search(r"\s", value)):
-                raise ConfigError(
-                    f"sge option {name}={value!r} must be non-empty and without whitespace",
-                    field=name,
-                    value=value,
-                )
+    flag_options = _FLAGS
+    yes_no_options = frozenset({"rerun"})
+    values_without_whitespace = True
 
     def directives(self, resources: Resources, context: ScriptContext) -> list[str]:
         options = dict(context.options or {})
@@ -120,20 +111,10 @@ class SgeScheduler(Scheduler):
             lines.append(f"-t 1-{context.array.count}")
             if context.array.max_parallel < context.array.count:
                 lines.append(f"-tc {context.array.max_parallel}")
-        for name, value in options.items():
-            flag = _FLAGS[name][0]
-            if name == "rerun":
-                lines.append(f"-r {'y' if value else 'n'}")
-            elif flag.endswith("="):
-                lines.append(f"{flag}{value}")
-            elif value is True:
-                lines.append(flag)
-            elif value is not False and value is not None:
-                lines.append(f"{flag} {value}")
-        return lines
+        return lines + self.flag_directives(options)
 
     def submit_command(self, script: str, context: ScriptContext) -> str:
-        name = shlex.quote(job_name(context.job_name))
+        name = shlex.quote(plain_job_name(context.job_name))
         return f"qsub -terse -N {name} {shlex.quote(script)}"
 
     def parse_job_id(self, output: str) -> str:
@@ -203,12 +184,6 @@ class SgeScheduler(Scheduler):
         if len(fields) >= 2 and fields[1].isdigit() and int(fields[1]) > 0:
             return int(fields[1])
         return None
-
-
-def job_name(name: str) -> str:
-    """A name qsub accepts: ``[A-Za-z0-9._-]``, not starting with a digit."""
-    cleaned = _NAME_REFUSED.sub("_", name) or "clustrix"
-    return f"_{cleaned}" if cleaned[0].isdigit() else cleaned
 
 
 def queue_status(state: str, reason: str = "") -> JobStatus:
@@ -315,8 +290,8 @@ def _requested_limits(category: str) -> dict[str, str]:
 
 
 def _over_time(record: Mapping[str, str]) -> bool:
-    limit = _seconds(_requested_limits(record.get("category", "")).get("h_rt", ""))
-    used = _seconds(record.get("ru_wallclock", "").split(" ")[0].rstrip("s"))
+    limit = clock_seconds(_requested_limits(record.get("category", "")).get("h_rt", ""))
+    used = clock_seconds(record.get("ru_wallclock", "").split(" ")[0].rstrip("s"))
     return limit is not None and used is not None and used >= limit
 
 
@@ -334,17 +309,6 @@ def _bytes(text: str) -> float | None:
     if not match:
         return None
     return float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
-
-
-def _seconds(text: str) -> float | None:
-    """``5``, ``5.2``, ``0:0:5`` or ``00:00:05`` as seconds."""
-    try:
-        total = 0.0
-        for part in text.split(":"):
-            total = total * 60 + float(part)
-    except ValueError:
-        return None
-    return total
 
 
 def _leading_int(text: str) -> int | None:
