@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -451,3 +452,27 @@ def clean(older_than: str, yes: bool) -> None:
     for job in found:
         job.remove()
     click.echo(f"removed {len(found)} job(s)")
+
+
+@main.command("explain")
+@click.argument("target", metavar="MODULE:FUNCTION")
+def explain_command(target: str) -> None:
+    """Show how each loop of a function would be parallelised, and why (reads source only)."""
+    import importlib
+
+    from .loops import explain
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"{target!r}: expected MODULE:FUNCTION, e.g. sims.sweep")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.ClickException(f"cannot import {module_name!r}: {exc}") from None
+    func: Any = module
+    for part in attribute.split("."):
+        func = getattr(func, part, None)
+        if func is None:
+            raise click.ClickException(f"{module_name!r} has no {attribute!r}")
+    click.echo(explain(getattr(func, "__wrapped__", func)))

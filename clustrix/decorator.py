@@ -236,6 +236,16 @@ class ClusterFunction:
             retry_on=self.retry_on,
         )
 
+    def explain(self, *args: Any, **kwargs: Any) -> str:
+        """Each loop of the function with its verdict for parallel execution, and why.
+
+        Arguments, if given, let range bounds that depend on them be counted. This only
+        reads the source: nothing of the function runs.
+        """
+        from .loops import explain
+
+        return explain(self.__wrapped__, args, kwargs)
+
     # ------------------------------------------------------------------ calling
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -238,3 +238,37 @@ def test_console_script_is_installed(isolated_config):
     assert script is not None, "pip install put a clustrix command on PATH"
     result = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
+
+
+def test_explain_names_each_loop_and_its_verdict(runner, isolated_config, monkeypatch):
+    module = Path.cwd() / "sims_for_explain.py"
+    module.write_text(
+        "import clustrix\n\n"
+        "@clustrix.cluster\n"
+        "def sweep(n):\n"
+        "    out = []\n"
+        "    total = 0\n"
+        "    for i in range(n):\n"
+        "        out.append(i * 2)\n"
+        "        total += i\n"
+        "    x = 1\n"
+        "    for j in range(3):\n"
+        "        x = x * 2 + j\n"
+        "    return out, total, x\n"
+    )
+    monkeypatch.syspath_prepend(str(Path.cwd()))
+    result = runner.invoke(main, ["explain", "sims_for_explain:sweep"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "line 7 [for, level 0] `range(n)`: parallel" in result.output
+    assert "reductions: total (+=)" in result.output and "collectors: out (append)" in result.output
+    assert "line 11 [for, level 0] `range(3)`: sequential: `x` is read at line 12" in result.output
+
+    import importlib
+
+    sims = importlib.import_module("sims_for_explain")
+    assert "estimated iterations: 10" in sims.sweep.explain(10)
+
+    missing = runner.invoke(main, ["explain", "sims_for_explain:nope"])
+    assert missing.exit_code == 1 and "has no 'nope'" in missing.output
+    bad = runner.invoke(main, ["explain", "no_colon"])
+    assert bad.exit_code == 2 and "expected MODULE:FUNCTION" in bad.output
