@@ -12,6 +12,7 @@ import functools
 import logging
 import operator
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, overload
 
 from .config import ClusterConfig, resolve_config
@@ -19,6 +20,7 @@ from .errors import ConfigError, NodeFailureError, WorkerCrashedError
 from .futures import ClusterFuture
 from .jobs import RemoteJob
 from .local import KINDS, LocalExecutor, available_cores, in_worker, shared_executor
+from .local.executor import chain_native
 from .payload import pickling_for_remote
 from .progress import gather, wanted
 from .remote import backend_for
@@ -160,6 +162,7 @@ class ClusterFunction:
             return self
         bound = ClusterFunction.__new__(ClusterFunction)
         bound.__dict__.update(self.__dict__)
+        bound.__dict__.pop("_parallel_cache", None)  # versions of the unbound function
         bound.__wrapped__ = self.__wrapped__.__get__(instance, owner)
         return bound
 
@@ -236,6 +239,28 @@ class ClusterFunction:
             retry_on=self.retry_on,
         )
 
+    def _parallel_version(self, config: ClusterConfig) -> Callable[..., Any] | None:
+        """The function with its safe loops parallelised, if asked for and if it has any.
+
+        ``parallel=True`` (or ``auto_parallel`` when ``parallel`` is not given) asks; the
+        workers are the requested cores, or all local cores when only one was requested.
+        """
+        wanted = self.parallel if self.parallel is not None else config.auto_parallel
+        if not wanted:
+            return None
+        cores = Resources.parse(cores=config.default_cores).cores
+        workers = min(cores, available_cores()) if cores > 1 else available_cores()
+        key = (workers, config.local_parallel_threshold)
+        cache = self.__dict__.setdefault("_parallel_cache", {})
+        if key not in cache:
+            from .loops import parallelize
+
+            version = parallelize(
+                self.__wrapped__, workers=workers, threshold=config.local_parallel_threshold
+            )
+            cache[key] = None if version is self.__wrapped__ else version
+        return cache[key]
+
     def explain(self, *args: Any, **kwargs: Any) -> str:
         """Each loop of the function with its verdict for parallel execution, and why.
 
@@ -267,6 +292,12 @@ class ClusterFunction:
         if config.cluster_type != "local":
             # The backend resubmits tasks lost with their node (retries) by itself.
             return self._submit_remote(config, [(args, kwargs)]).tasks[0].futures[0]
+        parallel_version = self._parallel_version(config)
+        if parallel_version is not None:
+            # The body runs in this process; its loop's iterations go to worker processes.
+            future = ClusterFuture(self.__qualname__, "local:loops")
+            chain_native(_loop_threads().submit(parallel_version, *args, **kwargs), future)
+            return future
         executor = self._local_executor(config)
 
         def start() -> ClusterFuture:
@@ -322,6 +353,19 @@ class ClusterFunction:
             if config.cancel_on_interrupt:
                 backend_for(config).cancel_job(job)
             raise
+
+
+_loop_thread_pool: ThreadPoolExecutor | None = None
+
+
+def _loop_threads() -> ThreadPoolExecutor:
+    """Threads that run bodies whose loops are parallelised (the work is in processes)."""
+    global _loop_thread_pool
+    if _loop_thread_pool is None:
+        _loop_thread_pool = ThreadPoolExecutor(
+            available_cores(), thread_name_prefix="clustrix-loops"
+        )
+    return _loop_thread_pool
 
 
 def _rebuild(func: Callable[..., Any], arguments: dict[str, Any]) -> ClusterFunction:

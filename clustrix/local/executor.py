@@ -201,7 +201,7 @@ class LocalExecutor:
         if kind == "threads":
             future = ClusterFuture(name, "local:threads")
             inner = self._thread_pool().submit(_run_inline, func, args, kwargs)
-            _chain_native(inner, future)
+            chain_native(inner, future)
             if timeout is not None:
                 _expire_after(
                     future, timeout, "a thread cannot be stopped; it may still be running"
@@ -462,7 +462,7 @@ def _expire_after(future: ClusterFuture, timeout: float, consequence: str) -> No
     future.add_done_callback(lambda _: timer.cancel())
 
 
-def _chain_native(inner: Future, future: ClusterFuture) -> None:
+def chain_native(inner: Future, future: ClusterFuture) -> None:
     future.bind_cancel(inner.cancel)
 
     def transfer(done: Future) -> None:
