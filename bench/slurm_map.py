@@ -12,28 +12,13 @@ array task. Both ask for the same memory and time per task. Prints wall times an
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import submitit
+from testcluster import configure_slurm, remove_remote_folder
 
 import clustrix
-from clustrix.remote import backend_for
-
-ENV_FILE = Path(os.environ.get("CLUSTRIX_TESTCLUSTER_DIR", "/var/tmp/clustrix-testcluster")) / "env"
-
-
-def cluster_settings() -> dict[str, str]:
-    values = {}
-    for line in ENV_FILE.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export ") :].partition("=")
-            values[key] = shlex.split(value)[0] if value else ""
-    return values
 
 
 def trivial(x: int) -> int:
@@ -45,21 +30,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--tiny", type=int, default=10_000, help="calls in the large map")
     args = parser.parse_args()
-    settings = cluster_settings()
-    os.environ["SLURM_CONF"] = settings["SLURM_CONF"]
-    work_dir = f"~/clustrix-bench/{uuid.uuid4().hex[:8]}"
-    clustrix.configure(
-        cluster_type="slurm",
-        cluster_host=settings["CLUSTRIX_TEST_SSH_HOST"],
-        cluster_port=int(settings["CLUSTRIX_TEST_SSH_PORT"]),
-        username=settings["CLUSTRIX_TEST_SSH_USER"],
-        key_file=settings["CLUSTRIX_TEST_SSH_KEY"],
-        known_hosts_file=settings["CLUSTRIX_TEST_KNOWN_HOSTS"],
-        remote_work_dir=work_dir,
-        job_store=f"{tempfile.mkdtemp()}/jobs.db",
-        job_poll_interval=1.0,
-        progress="off",
-    )
+    configure_slurm(job_store=f"{tempfile.mkdtemp()}/jobs.db", progress="off")
     remote_trivial = clustrix.cluster(trivial, time="00:05:00", memory="200MB")
     remote_trivial(0)  # warm: connection open, environment built
 
@@ -90,9 +61,7 @@ def main() -> None:
         f"{args.tiny} trivial calls: clustrix map {time.perf_counter() - started:.2f} s "
         "(submitit not run: one process per call)"
     )
-    backend = backend_for(clustrix.get_config())
-    folder = work_dir.replace("~", backend.transport.home(), 1)
-    backend.transport.run(f"rm -rf {shlex.quote(folder)}", check=False)
+    remove_remote_folder()
 
 
 if __name__ == "__main__":

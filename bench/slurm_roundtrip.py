@@ -16,31 +16,18 @@ checking an existing one from a fresh process (what every later job pays).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
 import subprocess
 import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import submitit
+from testcluster import configure_slurm, remove_remote_folder
 
 import clustrix
 from clustrix.environment import plan_environment
 from clustrix.remote import backend_for
-
-ENV_FILE = Path(os.environ.get("CLUSTRIX_TESTCLUSTER_DIR", "/var/tmp/clustrix-testcluster")) / "env"
-
-
-def cluster_settings() -> dict[str, str]:
-    values = {}
-    for line in ENV_FILE.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export ") :].partition("=")
-            values[key] = shlex.split(value)[0] if value else ""
-    return values
 
 
 def trivial(x: int) -> int:
@@ -69,8 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10)
     args = parser.parse_args()
-    settings = cluster_settings()
-    os.environ["SLURM_CONF"] = settings["SLURM_CONF"]
+    settings = configure_slurm()
     ssh = [
         "ssh",
         "-i",
@@ -83,17 +69,6 @@ def main() -> None:
         "BatchMode=yes",
         f"{settings['CLUSTRIX_TEST_SSH_USER']}@{settings['CLUSTRIX_TEST_SSH_HOST']}",
     ]
-    work_dir = f"~/clustrix-bench/{uuid.uuid4().hex[:8]}"
-    clustrix.configure(
-        cluster_type="slurm",
-        cluster_host=settings["CLUSTRIX_TEST_SSH_HOST"],
-        cluster_port=int(settings["CLUSTRIX_TEST_SSH_PORT"]),
-        username=settings["CLUSTRIX_TEST_SSH_USER"],
-        key_file=settings["CLUSTRIX_TEST_SSH_KEY"],
-        known_hosts_file=settings["CLUSTRIX_TEST_KNOWN_HOSTS"],
-        remote_work_dir=work_dir,
-        job_poll_interval=1.0,
-    )
     config = clustrix.get_config()
     backend = backend_for(config)
     remote_trivial = clustrix.cluster(trivial, time="00:05:00", memory="200MB")
@@ -142,8 +117,7 @@ def main() -> None:
     raw_median = describe("ssh + sbatch --wait (raw)", timed(raw, max(3, args.calls // 2)))
     print(f"\n  ratio clustrix / submitit: {ours / theirs:.2f}  (target <= 1.0)")
     print(f"  ratio clustrix / raw sbatch --wait: {ours / raw_median:.2f}")
-    folder = work_dir.replace("~", backend.transport.home(), 1)
-    backend.transport.run(f"rm -rf {shlex.quote(folder)}", check=False)
+    remove_remote_folder()
 
 
 if __name__ == "__main__":
