@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,6 +67,20 @@ class TestCluster:
     def transport(self) -> SSHTransport:
         target = resolve_target(self.host, self.port, self.user, self.key_file)
         return SSHTransport(target, known_hosts=Path(self.known_hosts))
+
+
+def wait_for(predicate, seconds: float = 60, interval: float = 0.3) -> bool:
+    """Poll ``predicate`` until it is true or ``seconds`` pass; whether it became true."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def output_of(transport, command: str) -> str:
+    return transport.run(command, check=False).stdout.strip()
 
 
 def _reachable(host: str, port: int) -> bool:

@@ -13,6 +13,8 @@ import clustrix
 from clustrix import cluster
 from clustrix.remote import backend_for
 
+from .conftest import output_of, wait_for
+
 
 class ItemError(ValueError):
     pass
@@ -91,17 +93,10 @@ def test_cancel_of_a_whole_map(on_slurm):
     handle = clustrix.get_job(job.job_id)
     assert handle.cancel() is True
     assert all(f.cancelled() for f in futures)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        queue = (
-            on_slurm.transport()
-            .run(f"squeue -h -r -j {futures[0].scheduler_id} -t PENDING,RUNNING", check=False)
-            .stdout.strip()
-        )
-        if not queue:
-            break
-        time.sleep(0.5)
-    assert queue == "", "no element of the array is left queued or running"
+    squeue = f"squeue -h -r -j {futures[0].scheduler_id} -t PENDING,RUNNING"
+    assert wait_for(lambda: output_of(on_slurm.transport(), squeue) == "", 30, 0.5), (
+        "no element of the array is left queued or running"
+    )
     assert clustrix.get_job(job.job_id).state == "CANCELLED"
 
 
@@ -169,12 +164,8 @@ def test_retries_resubmit_a_task_lost_with_its_node(on_slurm):
 
     future = survive.submit(5)
     root = LocalTransport()  # the tests run as root on the cluster's machine
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        state = root.run(f"squeue -h -o %T -j {future.scheduler_id}", check=False).stdout.strip()
-        if state == "RUNNING":
-            break
-        time.sleep(0.2)
+    squeue = f"squeue -h -o %T -j {future.scheduler_id}"
+    wait_for(lambda: output_of(root, squeue) == "RUNNING", 60, 0.2)
     first_id = future.scheduler_id
     try:
         root.run("scontrol update nodename=$(hostname -s) state=down reason=clustrix-test")

@@ -18,6 +18,8 @@ from clustrix import JobFailedError, cluster
 from clustrix.errors import JobCancelledError, JobTimeoutError
 from clustrix.remote import backend_for
 
+from .conftest import output_of, wait_for
+
 SCRIPTS = Path(__file__).parent.parent / "scripts"
 
 
@@ -118,12 +120,8 @@ def test_cleanup_can_be_turned_off(on_slurm):
 
 def test_scancel_from_outside_raises_job_cancelled(on_slurm):
     future = wait_and_return.submit(120, "never")
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        state = on_slurm.transport().run(f"squeue -h -o %T -j {future.scheduler_id}").stdout.strip()
-        if state == "RUNNING":
-            break
-        time.sleep(0.2)
+    squeue = f"squeue -h -o %T -j {future.scheduler_id}"
+    wait_for(lambda: output_of(on_slurm.transport(), squeue) == "RUNNING", 60, 0.2)
     on_slurm.transport().run(f"scancel {future.scheduler_id}")
     started = time.monotonic()
     with pytest.raises(JobCancelledError) as info:
@@ -164,30 +162,18 @@ def test_future_cancel_stops_the_job(request, fixture):
     assert future.cancel() is True
     assert future.cancelled()
     if fixture == "on_slurm":
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            state = (
-                test_cluster.transport()
-                .run(f"sacct -n -X -P -o State -j {future.scheduler_id}", check=False)
-                .stdout.strip()
-            )
-            if state.startswith("CANCELLED"):
-                break
-            time.sleep(0.5)
-        assert state.startswith("CANCELLED")
+        sacct = f"sacct -n -X -P -o State -j {future.scheduler_id}"
+        assert wait_for(
+            lambda: output_of(test_cluster.transport(), sacct).startswith("CANCELLED"), 30, 0.5
+        )
     else:
         # Gone, or a zombie waiting for init to reap it.
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            state = (
-                test_cluster.transport()
-                .run(f"ps -o stat= -s {future.scheduler_id}", check=False)
-                .stdout.split()
-            )
-            if all(s.startswith("Z") for s in state):
-                break
-            time.sleep(0.2)
-        assert all(s.startswith("Z") for s in state), f"processes left: {state}"
+        ps = f"ps -o stat= -s {future.scheduler_id}"
+
+        def only_zombies() -> bool:
+            return all(s.startswith("Z") for s in output_of(test_cluster.transport(), ps).split())
+
+        assert wait_for(only_zombies, 10, 0.2), output_of(test_cluster.transport(), ps)
 
 
 def test_quoting_of_environment_values_and_job_names(on_slurm, tmp_path):

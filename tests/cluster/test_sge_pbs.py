@@ -13,6 +13,8 @@ import clustrix
 from clustrix import JobFailedError, cluster
 from clustrix.errors import JobCancelledError, JobTimeoutError
 
+from .conftest import wait_for
+
 
 class ItemError(ValueError):
     pass
@@ -54,15 +56,6 @@ def _sge_state(test_cluster, job_id: str) -> str:
         if fields and fields[0] == job_id:
             return fields[4]
     return ""
-
-
-def _wait_for(predicate, seconds: float = 60) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.3)
-    return False
 
 
 def _last_job():
@@ -121,15 +114,15 @@ def test_sge_map_is_split_at_a_small_maximum_array_size(on_sge):
 
 def test_sge_future_cancel_deletes_the_job(on_sge):
     future = wait_and_return.submit(300, "never")
-    assert _wait_for(lambda: _sge_state(on_sge, future.scheduler_id) == "r")
+    assert wait_for(lambda: _sge_state(on_sge, future.scheduler_id) == "r")
     assert future.cancel() is True
     assert future.cancelled()
-    assert _wait_for(lambda: _sge_state(on_sge, future.scheduler_id) == "", 30)
+    assert wait_for(lambda: _sge_state(on_sge, future.scheduler_id) == "", 30)
 
 
 def test_sge_qdel_from_outside_raises_job_cancelled(on_sge):
     future = wait_and_return.submit(300, "never")
-    assert _wait_for(lambda: _sge_state(on_sge, future.scheduler_id) == "r")
+    assert wait_for(lambda: _sge_state(on_sge, future.scheduler_id) == "r")
     on_sge.transport().run(f"qdel {future.scheduler_id}")
     with pytest.raises(JobCancelledError) as info:
         future.result(timeout=60)
@@ -190,7 +183,7 @@ def test_pbs_future_cancel_deletes_the_job(on_pbs):
         command = f"squeue -h -o %T -j {future.scheduler_id}"
         return on_pbs.transport().run(command, check=False).stdout.strip() == "RUNNING"
 
-    assert _wait_for(running)
+    assert wait_for(running)
     assert future.cancel() is True
     assert future.cancelled()
 
@@ -198,7 +191,7 @@ def test_pbs_future_cancel_deletes_the_job(on_pbs):
         command = f"squeue -h -o %T -j {future.scheduler_id} -t PENDING,RUNNING"
         return on_pbs.transport().run(command, check=False).stdout.strip() == ""
 
-    assert _wait_for(gone, 30)
+    assert wait_for(gone, 30)
 
 
 def test_pbs_job_dying_without_a_result_is_a_failure(on_pbs):
