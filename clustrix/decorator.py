@@ -79,7 +79,7 @@ class ClusterFunction:
         time: str | int | None = None,
         partition: str | None = None,
         queue: str | None = None,
-        parallel: bool | None = None,
+        parallel: bool | str | None = None,
         environment: str | list[str] | None = None,
         gpus: int | None = None,
         retries: int = 0,
@@ -115,9 +115,9 @@ class ClusterFunction:
                 field="executor",
                 value=executor,
             )
-        if parallel is not None and not isinstance(parallel, bool):
+        if parallel is not None and not isinstance(parallel, bool) and parallel != "array":
             raise ConfigError(
-                f"parallel={parallel!r} is not valid: expected True, False or None",
+                f"parallel={parallel!r} is not valid: expected True, False, 'array' or None",
                 field="parallel",
                 value=parallel,
             )
@@ -227,8 +227,10 @@ class ClusterFunction:
     def _submit_remote(
         self, config: ClusterConfig, calls: list[tuple[tuple, dict]], chunksize: int | None = None
     ) -> RemoteJob:
+        # Safe loops spread over the job's cores; the job gets Clustrix's loop runner with it.
+        func = self._parallel_version(config, in_job=True) or self.__wrapped__
         return backend_for(config).submit(
-            self.__wrapped__,
+            func,
             calls,
             config=config,
             resources=self.resources(config),
@@ -239,18 +241,27 @@ class ClusterFunction:
             retry_on=self.retry_on,
         )
 
-    def _parallel_version(self, config: ClusterConfig) -> Callable[..., Any] | None:
+    def _parallel_version(
+        self, config: ClusterConfig, *, in_job: bool = False
+    ) -> Callable[..., Any] | None:
         """The function with its safe loops parallelised, if asked for and if it has any.
 
-        ``parallel=True`` (or ``auto_parallel`` when ``parallel`` is not given) asks; the
-        workers are the requested cores, or all local cores when only one was requested.
+        ``parallel=True`` (or ``auto_parallel`` when ``parallel`` is not given) asks. Locally
+        the workers are the requested cores, or all local cores when only one was requested;
+        in a cluster job (``in_job``) they are the cores the job requests, so one core means
+        the loops stay sequential there.
         """
         wanted = self.parallel if self.parallel is not None else config.auto_parallel
-        if not wanted:
+        if not wanted or wanted == "array":
             return None
         cores = Resources.parse(cores=config.default_cores).cores
-        workers = min(cores, available_cores()) if cores > 1 else available_cores()
-        key = (workers, config.local_parallel_threshold)
+        if in_job:
+            if cores < 2:
+                return None
+            workers = cores
+        else:
+            workers = min(cores, available_cores()) if cores > 1 else available_cores()
+        key = (in_job, workers, config.local_parallel_threshold)
         cache = self.__dict__.setdefault("_parallel_cache", {})
         if key not in cache:
             from .loops import parallelize
@@ -260,6 +271,30 @@ class ClusterFunction:
             )
             cache[key] = None if version is self.__wrapped__ else version
         return cache[key]
+
+    def _array_version(self) -> Callable[..., Any] | None:
+        """With ``parallel="array"``: the function whose safe loops become job arrays.
+
+        The body runs in the caller; each loop's iterations are calls of a function built with
+        this decorator's options (resources, environment, retries), mapped as one array.
+        """
+        cache = self.__dict__.setdefault("_parallel_cache", {})
+        if "array" not in cache:
+            from .loops import parallelize
+            from .loops.distribute import ArrayLoopRunner
+
+            arguments = {**self._decorator_arguments(), "parallel": False}
+            arguments.setdefault("job_name", f"clustrix-{self.__name__}-loop")
+
+            def submit_map(iteration: Callable[[Any], Any], items: Any) -> list[Any]:
+                return ClusterFunction(iteration, **arguments).map(items, return_exceptions=True)
+
+            version = parallelize(
+                self.__wrapped__,
+                runner_factory=lambda chunk, info: ArrayLoopRunner(chunk, submit_map),
+            )
+            cache["array"] = None if version is self.__wrapped__ else version
+        return cache["array"]
 
     def explain(self, *args: Any, **kwargs: Any) -> str:
         """Each loop of the function with its verdict for parallel execution, and why.
@@ -289,6 +324,11 @@ class ClusterFunction:
             # Already inside a call Clustrix runs: nesting another pool would oversubscribe.
             return LocalExecutor(kind="inline").submit_call(func, args, kwargs)
         config = self.effective_config()
+        if self.parallel == "array" and (array_version := self._array_version()) is not None:
+            # The body runs here; each safe loop's iterations go out as one job array.
+            future = ClusterFuture(self.__qualname__, f"{config.cluster_type}:loop-array")
+            chain_native(_loop_threads().submit(array_version, *args, **kwargs), future)
+            return future
         if config.cluster_type != "local":
             # The backend resubmits tasks lost with their node (retries) by itself.
             return self._submit_remote(config, [(args, kwargs)]).tasks[0].futures[0]
@@ -330,6 +370,15 @@ class ClusterFunction:
                 func, iterable, *iterables, return_exceptions=return_exceptions
             )
         config = self.effective_config()
+        if self.parallel == "array" and self._array_version() is not None:
+            # Each call's body runs here and sends its loop out as an array of its own.
+            calls = zip(iterable, *iterables, strict=False)
+            return gather(
+                [self.submit(*items) for items in calls],
+                return_exceptions=return_exceptions,
+                progress=wanted(config.progress if progress is None else progress),
+                description=self.__name__,
+            )
         if config.cluster_type == "local":
             return self._local_executor(config).map(
                 func, iterable, *iterables, chunksize=chunksize, return_exceptions=return_exceptions

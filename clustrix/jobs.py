@@ -39,10 +39,16 @@ def runner_source() -> bytes:
 
 
 def job_files(
-    *, job_id: str, name: str, function_bytes: bytes, tasks: list[bytes], scripts: dict[str, str]
+    *,
+    job_id: str,
+    name: str,
+    function_bytes: bytes,
+    tasks: list[bytes],
+    scripts: dict[str, str],
+    extra: dict[str, bytes] | None = None,
 ) -> dict[str, tuple[bytes, int]]:
     """The folder's files as ``{name: (content, mode)}``; ``tasks`` are pickled call lists,
-    ``scripts`` the job scripts of the submissions."""
+    ``scripts`` the job scripts of the submissions, ``extra`` further private files."""
     metadata = {
         "job_id": job_id,
         "function": name,
@@ -57,6 +63,7 @@ def job_files(
         "runner.py": (runner_source(), 0o600),
     }
     files.update({script: (text.encode(), 0o700) for script, text in scripts.items()})
+    files.update({file: (content, 0o600) for file, content in (extra or {}).items()})
     for index, calls in enumerate(tasks):
         files[f"calls-{index}.pkl"] = (calls, 0o600)
     return files

@@ -36,6 +36,7 @@ from .errors import (
     NodeFailureError,
 )
 from .futures import ClusterFuture, mark_cancelled
+from .job_runtime import shipped_runtime
 from .jobs import (
     RemoteJob,
     Submission,
@@ -272,6 +273,7 @@ class RemoteBackend:
             function_bytes=function_bytes,
             tasks=task_payloads,
             scripts=scripts,
+            extra=shipped_runtime([function_bytes, *task_payloads[:3]]),
         )
         job.context, job.resources = context, task_resources
         quoted_work, quoted_folder = shlex.quote(self.work_dir), shlex.quote(folder)

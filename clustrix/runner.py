@@ -206,6 +206,9 @@ def main(argv: list[str]) -> int:
         print(f"clustrix runner: {problem}", file=sys.stderr)
         return 3
     os.environ["CLUSTRIX_IN_JOB"] = "1"
+    shipped = job_dir / "clustrix-runtime.zip"  # Clustrix's code, when the payload needs it
+    if shipped.is_file():
+        sys.path.insert(0, str(shipped))
     function_bytes = (job_dir / "function.pkl").read_bytes()
     calls_bytes = (job_dir / f"calls-{task}.pkl").read_bytes()
     try:

@@ -50,3 +50,58 @@ def test_unsafe_loops_run_as_written():
         return x
 
     assert cluster(parallel=True)(carried)(10) == carried(10)
+
+
+def test_parallel_array_runs_the_body_here_and_each_iteration_as_a_call():
+    def sweep(n):
+        where = os.getpid()
+        seen = {}
+        total = 0
+        for i in range(n):
+            if i == 3:
+                continue
+            seen[i] = os.getpid()
+            total += i * i
+        return where, seen, total
+
+    where, seen, total = cluster(parallel="array", cores=1)(sweep)(8)
+    assert where == os.getpid(), "code around the loop ran in the caller"
+    assert sorted(seen) == [0, 1, 2, 4, 5, 6, 7]
+    assert os.getpid() not in seen.values(), "every iteration ran in a worker"
+    assert total == sum(i * i for i in range(8) if i != 3)
+
+
+def test_parallel_array_surfaces_the_first_failing_iteration():
+    def inverses(n):
+        out = []
+        for i in range(n):
+            out.append(12 // (4 - i) + 1 // (6 - i))
+        return out
+
+    try:
+        cluster(parallel="array")(inverses)(8)
+    except ZeroDivisionError as exc:
+        assert isinstance(exc.__cause__, clustrix.RemoteTraceback)
+        assert "12 // (4 - i)" in str(exc.__cause__)
+    else:
+        raise AssertionError("the failing iteration's exception was not raised")
+
+
+def test_parallel_array_map_keeps_call_order():
+    def squares(n):
+        out = []
+        for i in range(n):
+            out.append(i * i)
+        return out
+
+    assert cluster(parallel="array")(squares).map([2, 3, 0]) == [[0, 1], [0, 1, 4], []]
+
+
+def test_parallel_setting_is_validated_by_name():
+    try:
+        cluster(parallel="arrays")(slow_sweep)
+    except clustrix.ConfigError as exc:
+        assert exc.field == "parallel"
+        assert "'array'" in str(exc)
+    else:
+        raise AssertionError("parallel='arrays' was accepted")

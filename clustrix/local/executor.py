@@ -47,6 +47,15 @@ def in_worker() -> bool:
     return bool(os.environ.get(_IN_WORKER_ENV)) or getattr(_thread_state, "depth", 0) > 0
 
 
+def in_local_worker() -> bool:
+    """True inside a local pool's worker or thread, whose cores the pool already uses.
+
+    Unlike ``in_worker()``, False at the top of a cluster job: that process owns the cores
+    the scheduler gave it, so it may spread a loop over them.
+    """
+    return os.environ.get(_IN_WORKER_ENV) == "local" or getattr(_thread_state, "depth", 0) > 0
+
+
 def _mark_process_worker() -> None:
     os.environ[_IN_WORKER_ENV] = "local"
 

@@ -40,16 +40,27 @@ ASSUMPTION = (
 
 
 def parallelize(
-    func: Callable[..., Any], *, workers: int | None = None, threshold: float = 0.1
+    func: Callable[..., Any],
+    *,
+    workers: int | None = None,
+    threshold: float = 0.1,
+    runner_factory: Callable[[Callable[..., Any], LoopInfo], Any] | None = None,
 ) -> Callable[..., Any]:
-    """``func`` rewritten so its safe loops may run in parallel; ``func`` itself if none can."""
+    """``func`` rewritten so its safe loops may run in parallel; ``func`` itself if none can.
+
+    By default each loop gets a :class:`LoopRunner` over ``workers`` local processes;
+    ``runner_factory(chunk, info)`` supplies another runner (a job array, say).
+    """
+    if runner_factory is None:
+
+        def runner_factory(chunk: Callable[..., Any], info: LoopInfo) -> Any:
+            return LoopRunner(chunk, workers, threshold)
+
     try:
         chosen = find_parallelizable_loops(func)
         if not chosen:
             return func
-        new = transform_function(
-            func, chosen, lambda chunk, info: LoopRunner(chunk, workers, threshold)
-        )
+        new = transform_function(func, chosen, runner_factory)
     except (SourceUnavailable, TransformError, SyntaxError):
         return func
     new.__clustrix_loops__ = chosen  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..local.executor import _IN_WORKER_ENV, _process_context, available_cores, in_worker
+from ..local.executor import _IN_WORKER_ENV, _process_context, available_cores, in_local_worker
 
 __all__ = ["LoopRunner", "Plan"]
 
@@ -118,7 +118,8 @@ class LoopRunner:
         probe: float = 0.01,
     ) -> None:
         self.chunk = chunk
-        self.workers = workers or available_cores()
+        self.wanted_workers = workers
+        self.workers = 0  # set per call, where the loop runs
         self.threshold = threshold
         self.probe = probe
         self.last_decision = ""
@@ -160,7 +161,9 @@ class LoopRunner:
             iterable if isinstance(iterable, (range, list, tuple)) else list(iterable)
         )
         total = len(items)
-        if self.workers < 2 or total < 2 or in_worker():
+        # Counted where the loop runs: a cluster job may have fewer cores than requested.
+        self.workers = min(self.wanted_workers or available_cores(), available_cores())
+        if self.workers < 2 or total < 2 or in_local_worker():
             self.last_decision = "sequential (one worker, fewer than 2 iterations, or nested)"
             return Plan((), items)
         # First iteration, with a watchdog that launches the rest if it is slow enough.

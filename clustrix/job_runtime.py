@@ -1,0 +1,55 @@
+"""Clustrix's own code for jobs whose payload needs it, shipped with the job as a zip.
+
+A job normally needs only the runner and cloudpickle. A function whose loops Clustrix
+parallelised refers to Clustrix's loop runner, so that job must be able to import parts of
+Clustrix, on a machine where Clustrix is not installed. The job folder then gets
+``clustrix-runtime.zip``, which the runner puts on ``sys.path``.
+
+The zip's ``clustrix/__init__.py`` is empty on purpose: the package's real one imports the
+client side (configuration, SSH), whose dependencies the job's environment does not have. The
+modules a job imports (``clustrix.loops``, ``clustrix.local``, ``clustrix.runner``, ...) use only
+the standard library and cloudpickle.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .environment import modules_named_in_pickle
+
+ARCHIVE_NAME = "clustrix-runtime.zip"
+_PACKAGE = Path(__file__).resolve().parent
+_EMPTY_INIT = b'"""Clustrix modules shipped with a job (see clustrix.job_runtime)."""\n'
+
+
+def payload_needs_runtime(payloads: Iterable[bytes]) -> bool:
+    """Whether loading any of these pickles imports a Clustrix module."""
+    return any(
+        module == "clustrix" or module.startswith("clustrix.")
+        for payload in payloads
+        for module in modules_named_in_pickle(payload)
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_archive() -> bytes:
+    """The package's modules as a zip (fixed timestamps: same code, same bytes)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(_PACKAGE.rglob("*.py")):
+            relative = path.relative_to(_PACKAGE.parent).as_posix()
+            content = _EMPTY_INIT if relative == "clustrix/__init__.py" else path.read_bytes()
+            info = zipfile.ZipInfo(relative, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o600 << 16
+            archive.writestr(info, content)
+    return buffer.getvalue()
+
+
+def shipped_runtime(payloads: Iterable[bytes]) -> dict[str, bytes]:
+    """The job folder's extra files: the runtime zip when the payloads need it, else none."""
+    return {ARCHIVE_NAME: runtime_archive()} if payload_needs_runtime(payloads) else {}
