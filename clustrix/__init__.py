@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._joblib_hook import register_joblib, watch_for_joblib
 from .config import (
     ClusterConfig,
     configure,
@@ -44,6 +45,9 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0+unknown"
 
+# The "clustrix" joblib backend: registered now if joblib is imported, else when it is.
+watch_for_joblib()
+
 __all__ = [
     "BackendUnavailableError",
     "ClusterConfig",
@@ -69,6 +73,7 @@ __all__ = [
     "get_job",
     "jobs",
     "load_config",
+    "register_joblib",
     "reset_config",
     "save_config",
 ]
