@@ -48,10 +48,14 @@ def main() -> None:
     burn(1, 200_000)
     steps = int(200_000 * 0.25 / (time.perf_counter() - start))
     fast_heavy = cluster(heavy, parallel=True, cores=2)
-    fast_heavy(2, 1000)  # start the worker pool outside the timing, as a long-lived process would
-    plain, expected = _best(heavy, 16, steps)
-    par, got = _best(fast_heavy, 16, steps)
-    assert got == expected
+    cluster(burn)(1, 10)  # an ordinary call starts the shared worker processes, as in a session
+    plain = par = float("inf")
+    for _ in range(3):  # interleaved, so that a noisy moment hits both sides
+        took, expected = _best(heavy, 16, steps)
+        plain = min(plain, took)
+        took, got = _best(fast_heavy, 16, steps)
+        par = min(par, took)
+        assert got == expected
     print(
         f"heavy   16 x ~0.25 s: plain {plain:.2f} s  parallel {par:.2f} s  "
         f"speed-up {plain / par:.2f}x (target >= 1.8)"
@@ -60,9 +64,13 @@ def main() -> None:
     sequential_trivial = cluster(trivial, parallel=False)
     sequential_trivial(10)  # warm the process pool the sequential call runs in
     fast_trivial(10)
-    plain, expected = _best(sequential_trivial, 100_000, repeat=5)
-    par, got = _best(fast_trivial, 100_000, repeat=5)
-    assert got == expected
+    plain = par = float("inf")
+    for _ in range(15):
+        took, expected = _best(sequential_trivial, 100_000)
+        plain = min(plain, took)
+        took, got = _best(fast_trivial, 100_000)
+        par = min(par, took)
+        assert got == expected
     print(
         f"trivial 100,000 iterations: parallel=False {plain * 1e3:.2f} ms  parallel=True "
         f"{par * 1e3:.2f} ms  ratio {par / plain:.3f}x (target <= 1.05)"

@@ -11,48 +11,55 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import cloudpickle
 
-from ..local.executor import _IN_WORKER_ENV, _process_context, available_cores, in_local_worker
+from ..local import shared_executor
+from ..local.executor import available_cores, in_local_worker
 
 __all__ = ["LoopRunner", "Plan"]
 
-_POOLS: dict[int, ProcessPoolExecutor] = {}
-_STARTUP: dict[int, float] = {}
+_STARTUP: dict[int, float] = {}  # measured seconds to start a pool of n workers
+_WARM: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
 _POOL_LOCK = threading.Lock()
 _WORKER_CACHE: dict[str, Any] = {}
 DISPATCH_COST = 0.002  # seconds per chunk round trip, a conservative default
 
 
-def _init_worker() -> None:
-    os.environ[_IN_WORKER_ENV] = "local"
-
-
 def _pool(workers: int) -> ProcessPoolExecutor:
+    """The worker processes decorated calls use too, started in full before the first chunk.
+
+    Sharing them means a loop after a few ordinary calls finds its workers already running.
+    """
+    pool = shared_executor(workers, "auto")._process_pool()
     with _POOL_LOCK:
-        pool = _POOLS.get(workers)
-        if pool is None:
+        if pool not in _WARM:
             start = time.perf_counter()
-            pool = ProcessPoolExecutor(
-                workers, mp_context=_process_context(), initializer=_init_worker
-            )
             for future in [pool.submit(int) for _ in range(workers)]:
                 future.result()
             _STARTUP[workers] = time.perf_counter() - start
-            _POOLS[workers] = pool
-        return pool
+            _WARM.add(pool)
+    return pool
+
+
+def _pool_is_warm(workers: int) -> bool:
+    return shared_executor(workers, "auto")._processes in _WARM
+
+
+def _forget_pool(workers: int, pool: ProcessPoolExecutor | None) -> None:
+    if pool is not None:
+        shared_executor(workers, "auto")._forget_broken_pool(pool)
 
 
 def _overhead(workers: int, chunks: int) -> float:
-    startup = 0.0 if workers in _POOLS else _STARTUP.get(workers, 0.02 + 0.01 * workers)
+    startup = 0.0 if _pool_is_warm(workers) else _STARTUP.get(workers, 0.02 + 0.01 * workers)
     return startup + DISPATCH_COST * chunks / workers
 
 
@@ -107,6 +114,55 @@ class Plan:
             yield from _replay(events, exc)
 
 
+class _Probe:
+    """The first iteration's race between the caller finishing it and the watchdog launching.
+
+    Exactly one side wins: either the watchdog claims the launch before the caller finishes
+    (the caller then waits for the chunks), or the caller finishes first and nothing launches.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+        self._claimed = False
+        self._chunks: list | None = None
+        self._ready = threading.Event()
+
+    def claim(self) -> bool:
+        with self._lock:
+            if self.finished.is_set():
+                return False
+            self._claimed = True
+            return True
+
+    def launched(self, chunks: list | None) -> None:
+        self._chunks = chunks
+        self._ready.set()
+
+    def finish(self) -> list | None:
+        """Called by the caller after the first iteration: the launched chunks, if any."""
+        with self._lock:
+            self.finished.set()
+            claimed = self._claimed
+        if not claimed:
+            return None
+        self._ready.wait()
+        return self._chunks
+
+
+_watchdog_pool: ThreadPoolExecutor | None = None
+
+
+def _watchdogs() -> ThreadPoolExecutor:
+    """Long-lived watchdog threads: starting a thread per loop costs more than a tiny loop."""
+    global _watchdog_pool
+    with _POOL_LOCK:
+        if _watchdog_pool is None:
+            _watchdog_pool = ThreadPoolExecutor(4, thread_name_prefix="clustrix-loop-probe")
+        return _watchdog_pool
+
+
 class LoopRunner:
     """Called by the rewritten function with the loop's iterable and its read-only values."""
 
@@ -140,6 +196,7 @@ class LoopRunner:
     def _launch(
         self, items: Sequence[Any], start: int, ro: tuple, per_item: float
     ) -> list[tuple[Sequence[Any], Future | None]] | None:
+        pool = None
         try:
             payload = cloudpickle.dumps((self.chunk, ro))
             pool = _pool(self.workers)
@@ -150,11 +207,25 @@ class LoopRunner:
                 chunks.append((part, pool.submit(_run_chunk, payload, cloudpickle.dumps(part))))
             return chunks
         except BrokenProcessPool:
-            with _POOL_LOCK:
-                _POOLS.pop(self.workers, None)
+            _forget_pool(self.workers, pool)
             return None
         except Exception:  # unpicklable read-only values or items: stay sequential
             return None
+
+    def _watch(self, probe: _Probe, items: Sequence[Any], ro: tuple) -> None:
+        """Launch the remaining iterations once the first has run long enough to pay."""
+        wait = 0.02
+        while not probe.finished.wait(wait):
+            lower = time.perf_counter() - probe.start
+            if self._worth(len(items) - 1, lower):
+                if probe.claim():
+                    chunks = None
+                    try:
+                        chunks = self._launch(items, 1, ro, lower)
+                    finally:  # the caller waits for this, whatever happens
+                        probe.launched(chunks)
+                return
+            wait *= 2
 
     def __call__(self, iterable: Iterable[Any], ro: tuple) -> Plan:
         items: Sequence[Any] = (
@@ -167,32 +238,19 @@ class LoopRunner:
             self.last_decision = "sequential (one worker, fewer than 2 iterations, or nested)"
             return Plan((), items)
         # First iteration, with a watchdog that launches the rest if it is slow enough.
-        launched: dict[str, Any] = {}
-        finished = threading.Event()
-        start = time.perf_counter()
-
-        def watchdog() -> None:
-            wait = 0.02
-            while not finished.wait(wait):
-                lower = time.perf_counter() - start
-                if self._worth(total - 1, lower):
-                    launched["chunks"] = self._launch(items, 1, ro, lower)
-                    return
-                wait *= 2
-
-        thread = threading.Thread(target=watchdog, daemon=True)
-        thread.start()
+        probe = _Probe()
+        _watchdogs().submit(self._watch, probe, items, ro)
+        start = probe.start = time.perf_counter()
         events, exc = self.chunk(items[0:1], ro)
-        finished.set()
-        thread.join()
-        done, elapsed = 1, time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        chunks = probe.finish()
+        done = 1
         head: list = list(events)
-        if exc is not None or launched.get("chunks") is not None:
+        if exc is not None or chunks is not None:
             self.last_decision = "parallel (launched during the first iteration)"
-            return Plan(_replay(head, exc), None, launched.get("chunks"), self.chunk, ro)
-        batch = 1
+            return Plan(_replay(head, exc), None, chunks, self.chunk, ro)
+        batch, per_item = 1, elapsed
         while done < total:
-            per_item = elapsed / done
             if not self._worth(total - done, per_item):
                 self.last_decision = f"sequential (about {per_item:.2e} s per iteration)"
                 rest = itertools.islice(items, done, None)
@@ -207,8 +265,9 @@ class LoopRunner:
             batch = min(batch * 2, total - done)
             t0 = time.perf_counter()
             events, exc = self.chunk(items[done : done + batch], ro)
-            elapsed += time.perf_counter() - t0
-            done += batch
+            took = time.perf_counter() - t0
+            # The latest batch's rate: the first iteration also paid for cold caches.
+            per_item, elapsed, done = took / batch, elapsed + took, done + batch
             head.extend(events)
             if exc is not None:
                 return Plan(_replay(head, exc), None, [], self.chunk, ro)
