@@ -373,3 +373,26 @@ def fails_key(keys, table):
     for k in keys:
         out.append(table[k])
     return out
+
+
+def bound_after_loop(xs):
+    out = []
+    for x in xs:
+        if x > 100:
+            out.append(limit)  # never reached for small x; `limit` is bound only later
+        out.append(x)
+    limit = len(out)
+    return out, limit
+
+
+def bound_on_both_branches(xs, flag):
+    if flag:
+        scale = 2
+    else:
+        scale = 3
+    with open(__file__) as handle:
+        first = handle.readline()
+    out = []
+    for x in xs:
+        out.append((x * scale, first[:1]))
+    return out

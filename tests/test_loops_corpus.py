@@ -39,6 +39,7 @@ SAFE = [
     (c.numpy_rng_private, (6,)),
     (c.lambda_sort, ([[3, 1, 2], [5, 4]],)),
     (c.try_inside, ([1, 0, 5, 0, 2],)),
+    (c.bound_on_both_branches, (list(range(9)), False)),
 ]
 
 SEQUENTIAL = [
@@ -62,6 +63,7 @@ SEQUENTIAL = [
     (c.Model.bad, "attribute assignment"),
     (c.generator_fn, "yield"),
     (c.for_else, "else"),
+    (c.bound_after_loop, "`limit` is read in the loop but may not be assigned"),
 ]
 
 

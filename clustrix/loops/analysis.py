@@ -769,6 +769,7 @@ def _function_context(func: Callable[..., Any], tree: ast.FunctionDef) -> dict[s
         "outer_locals": outer_locals,
         "modules": modules,
         "self_names": self_names,
+        "freevars": tuple(func.__code__.co_freevars),
     }
 
 
@@ -779,6 +780,68 @@ def _loads_outside(tree: ast.FunctionDef, loop: ast.AST) -> set[str]:
         for n in ast.walk(tree)
         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and id(n) not in inside
     }
+
+
+def _stored_names(target: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+
+
+def _definitely_assigned(stmt: ast.stmt) -> set[str]:
+    """Names bound by ``stmt`` on every path through it that does not raise."""
+    if isinstance(stmt, ast.Assign):
+        return set().union(*(_stored_names(t) for t in stmt.targets))
+    if isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+        return _stored_names(stmt.target)
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).partition(".")[0] for a in stmt.names}
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, ast.With):
+        targets = [i.optional_vars for i in stmt.items if i.optional_vars is not None]
+        bound = set().union(*(_stored_names(t) for t in targets))
+        return bound.union(*(_definitely_assigned(s) for s in stmt.body))
+    if isinstance(stmt, ast.If):
+        body = set().union(*(_definitely_assigned(s) for s in stmt.body))
+        other = set().union(*(_definitely_assigned(s) for s in stmt.orelse))
+        return body & other
+    return set()  # loops may not run, handlers may not run: nothing is certain
+
+
+def _bound_before(tree: ast.FunctionDef, loop: ast.AST) -> set[str]:
+    """Locals certainly bound when ``loop`` starts (parameters, earlier straight-line code).
+
+    A read-only value is evaluated once before the iterations are spread; a name bound only
+    later (or only on some paths) would fail there although a sequential run might never
+    read it, so such loops stay sequential.
+    """
+    bound = {a.arg for a in ast.walk(tree.args) if isinstance(a, ast.arg)}
+
+    def contains(stmt: ast.AST) -> bool:
+        return any(node is loop for node in ast.walk(stmt))
+
+    def descend(stmts: list[ast.stmt]) -> None:
+        for stmt in stmts:
+            if stmt is loop:
+                return
+            if not contains(stmt):
+                bound.update(_definitely_assigned(stmt))
+                continue
+            if isinstance(stmt, (ast.For, ast.AsyncFor)) and contains(ast.Module(stmt.body, [])):
+                bound.update(_stored_names(stmt.target))
+            if isinstance(stmt, ast.With):
+                for item in stmt.items:
+                    if item.optional_vars is not None:
+                        bound.update(_stored_names(item.optional_vars))
+            blocks = [getattr(stmt, f, None) for f in ("body", "orelse", "finalbody")]
+            blocks += [h.body for h in getattr(stmt, "handlers", [])]
+            for block in blocks:
+                if isinstance(block, list) and any(contains(s) for s in block):
+                    descend(block)
+                    return
+            return
+
+    descend(tree.body)
+    return bound
 
 
 def _int_env(tree: ast.FunctionDef, loop: ast.AST, bound: dict[str, Any]) -> dict[str, int]:
@@ -891,6 +954,13 @@ def _analyse_for(loop: ast.For, tree: ast.FunctionDef, ctx: dict[str, Any]) -> d
                 "outside the loop: its value would be the last iteration's"
             )
     read_only = sorted((analyzer.reads - set(private)) & (ctx["outer_locals"] | ctx["declared"]))
+    bound = _bound_before(tree, loop) | set(ctx["freevars"])
+    for name in read_only:
+        if name not in bound and name not in ctx["declared"]:
+            raise Sequential(
+                f"line {loop.lineno}: `{name}` is read in the loop but may not be assigned "
+                "when the loop starts"
+            )
     result.update(
         effects=analyzer.effects,
         private=tuple(private),
