@@ -1031,7 +1031,9 @@ def detect_loops_in_function(
             info.collectors = {e.name: e.op for e in info.effects if e.kind == "collector"}
             assumed = sorted(found["assumed"])
             info.reason = "iterations are independent" + (
-                f"; assumes {', '.join(assumed)} are pure" if assumed else ""
+                f"; assumes {', '.join(assumed)} {'is' if len(assumed) == 1 else 'are'} pure"
+                if assumed
+                else ""
             )
         infos.append(info)
     return infos
