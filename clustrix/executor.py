@@ -52,6 +52,11 @@ class Executor(cf.Executor):
             self._futures.discard(future)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ClusterFuture:
+        """Start ``fn(*args, **kwargs)`` with this executor's options; its future at once.
+
+        The future cancels the job behind it, so ``shutdown(cancel_futures=True)`` reaches the
+        cluster too.
+        """
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         future = self._wrap(fn).submit(*args, **kwargs)
@@ -109,6 +114,10 @@ class Executor(cf.Executor):
         return generate()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new work; wait for what is running, or cancel it with ``cancel_futures``.
+
+        Cancelling cancels the remote jobs themselves, not only the local bookkeeping.
+        """
         with self._lock:
             self._shutdown = True
             pending = list(self._futures)

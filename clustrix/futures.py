@@ -57,6 +57,11 @@ class ClusterFuture(Future):
         return self._read_log(stream)
 
     def cancel(self) -> bool:
+        """Cancel the work itself (the job, or a call not started); False once too late.
+
+        A plain ``Future`` could only forget the result; a job left running would keep
+        using the allocation.
+        """
         if self.done():
             return self.cancelled()
         if self._cancel_job is not None and not self._cancel_job():

@@ -48,12 +48,17 @@ class Job:
         self._record = self._store.get(self.job_id) or self._record
         return self._record
 
-    job_id = property(lambda self: self._record.job_id)
-    function = property(lambda self: self._record.function)
-    host = property(lambda self: self._record.host)
-    remote_folder = property(lambda self: self._record.remote_folder)
-    items = property(lambda self: self._record.items)
-    state = property(lambda self: self.record.state)
+    job_id = property(lambda self: self._record.job_id, doc="Clustrix's id of the job.")
+    function = property(lambda self: self._record.function, doc="The function's name.")
+    host = property(lambda self: self._record.host, doc="Where the job runs (user@host:port).")
+    remote_folder = property(
+        lambda self: self._record.remote_folder, doc="The job folder on the cluster."
+    )
+    items = property(lambda self: self._record.items, doc="How many calls the job holds.")
+    state = property(
+        lambda self: self.record.state,
+        doc="The recorded state, as of the last check; ``status()`` asks the cluster.",
+    )
 
     # ------------------------------------------------------------------ talking to the cluster
 
@@ -127,9 +132,11 @@ class Job:
         return backend_for(self._config()).cancel_job(job)
 
     def stdout(self, task: int = 0) -> str:
+        """What array task ``task`` printed to stdout so far, read from the job folder."""
         return self._log(task, "stdout")
 
     def stderr(self, task: int = 0) -> str:
+        """What array task ``task`` printed to stderr so far, read from the job folder."""
         return self._log(task, "stderr")
 
     def _log(self, task: int, stream: str) -> str:

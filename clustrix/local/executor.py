@@ -138,6 +138,7 @@ class LocalExecutor:
         self.shutdown()
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Stop the worker pools; they start again on the next call if there is one."""
         with self._lock:
             pools = [p for p in (self._processes, self._threads) if p is not None]
             self._processes = self._threads = None
@@ -191,6 +192,7 @@ class LocalExecutor:
     # ------------------------------------------------------------------ single calls
 
     def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ClusterFuture:
+        """Start ``func(*args, **kwargs)``, as ``concurrent.futures`` executors do."""
         return self.submit_call(func, args, kwargs)
 
     def submit_call(
