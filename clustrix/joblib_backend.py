@@ -19,6 +19,7 @@ This module imports joblib; ``import clustrix`` does not (see ``clustrix._joblib
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -27,6 +28,7 @@ import threading
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+import cloudpickle
 from joblib._parallel_backends import (
     AutoBatchingMixin,
     FallbackToBackend,
@@ -37,10 +39,12 @@ from joblib.parallel import BatchedCalls, register_parallel_backend
 
 from .config import ClusterConfig
 from .decorator import ClusterFunction
+from .environment import classify_modules, modules_named_in_pickle, ship_by_value
 from .errors import ConfigError
 from .futures import mark_cancelled
 from .jobs import RemoteJob, Task
 from .local import available_cores, in_worker
+from .payload import pickling_for_remote_job
 from .remote import backend_for
 
 __all__ = ["NAME", "ClustrixBackend", "register"]
@@ -71,8 +75,9 @@ class _Batch:
 class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
     """Runs each joblib batch as one Clustrix call, many of them at once.
 
-    ``n_jobs`` is how many batches may be running: ``-1`` means the local cores (local
-    backend) or ``max_parallel_jobs`` (cluster backends). ``batch_size`` is ``"auto"``
+    At most ``n_jobs`` batches run at once (joblib queues up to ``pre_dispatch`` of them;
+    the rest wait here): ``-1`` means the local cores (local backend) or
+    ``max_parallel_jobs`` (cluster backends). ``batch_size`` is ``"auto"``
     (joblib's adaptive batching, aiming at batches of 0.2-2 s locally and 10-100 s on a
     cluster, where a job costs seconds before it starts) or a fixed number of calls per
     batch, used when ``Parallel`` itself asks for ``batch_size="auto"``.
@@ -112,7 +117,10 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
         self._function = ClusterFunction(BatchedCalls.__call__, **options)
         self._config: ClusterConfig | None = None
         self._lock = threading.RLock()
-        self._outstanding: dict[Future, _Batch] = {}
+        self._outstanding: dict[Future, _Batch] = {}  # every batch not finished
+        self._waiting: collections.deque[_Batch] = collections.deque()  # not submitted yet
+        self._running = 0  # submitted to Clustrix and not finished
+        self._limit: int | None = None  # n_jobs of the current Parallel call
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.cluster_options.items())
@@ -153,7 +161,8 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
         remote = self._config.cluster_type != "local"
         seconds = self.CLUSTER_BATCH_SECONDS if remote else self.LOCAL_BATCH_SECONDS
         self.MIN_IDEAL_BATCH_DURATION, self.MAX_IDEAL_BATCH_DURATION = seconds
-        return self.effective_n_jobs(n_jobs)
+        self._limit = self.effective_n_jobs(n_jobs)
+        return self._limit
 
     def compute_batch_size(self) -> int:
         if self.batch_size != "auto":
@@ -163,18 +172,20 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
     def terminate(self) -> None:
         self.reset_batch_stats()
         self._config = None
+        self._limit = None
 
     # ------------------------------------------------------------------ running batches
 
     def submit(self, func: Any, callback: Any = None) -> Future:
         """Queue one batch; the returned future completes when its Clustrix call does."""
         batch = _Batch(func)
-        with self._lock:
-            self._outstanding[batch.future] = batch
         batch.future.add_done_callback(self._forget)
         if callback is not None:
             batch.future.add_done_callback(callback)
-        _submitter.put(self, batch)
+        with self._lock:
+            self._outstanding[batch.future] = batch
+            self._waiting.append(batch)
+        _submitter.wake(self)
         return batch.future
 
     # joblib before 1.5 calls apply_async.
@@ -187,24 +198,36 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             self._outstanding.pop(future, None)
 
+    def _pump(self) -> None:
+        """Start waiting batches while fewer than ``n_jobs`` run (in the submitting thread)."""
+        limit = self._limit or self.effective_n_jobs(self.default_n_jobs)
+        chosen = []
+        with self._lock:
+            while self._waiting and self._running < limit:
+                batch = self._waiting.popleft()
+                if not batch.future.done():  # else cancelled by an abort
+                    chosen.append(batch)
+                    self._running += 1
+        if chosen:
+            self._start(chosen)
+
     def _start(self, batches: list[_Batch]) -> None:
-        """Submit queued batches (in the submitting thread): on a cluster as one job array."""
-        live = [batch for batch in batches if not batch.future.done()]
-        if not live:
-            return
+        """Submit batches to Clustrix: on a cluster all of them as one job array."""
         try:
             config = self._current_config()
             if config.cluster_type == "local":
-                for batch in live:
+                for batch in batches:
                     self._attach(batch, self._function.submit(batch.call))
                 return
-            calls = [((batch.call,), {}) for batch in live]
+            _ship_local_modules([batch.call for batch in batches])
+            calls = [((batch.call,), {}) for batch in batches]
             job = self._function._submit_remote(config, calls, chunksize=1)
-            for batch, task in zip(live, job.tasks, strict=True):
+            for batch, task in zip(batches, job.tasks, strict=True):
                 self._attach(batch, task.futures[0], job, task)
         except BaseException as exc:
-            for batch in live:
+            for batch in batches:
                 if batch.inner is None:
+                    self._release()
                     _settle(batch.future, exc)
 
     def _attach(
@@ -213,21 +236,32 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             batch.inner, batch.job, batch.task = inner, job, task
             aborted = batch.future.cancelled()
+        inner.add_done_callback(lambda done: self._finished(batch, done))
         if aborted:
             inner.cancel()
-            return
-        inner.add_done_callback(lambda done: _transfer(done, batch.future))
+
+    def _finished(self, batch: _Batch, done: Future) -> None:
+        self._release()
+        _transfer(done, batch.future)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._running -= 1
+            waiting = bool(self._waiting)
+        if waiting:
+            _submitter.wake(self)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """Cancel every batch not finished: queued ones never start, jobs are cancelled.
+        """Cancel every batch not finished: waiting ones never start, jobs are cancelled.
 
-        Local batches already running in a worker process finish in the background (the
-        shared workers are kept); a running cluster job is cancelled by the scheduler.
+        Local batches already handed to a worker process finish in the background (the
+        shared workers are kept); cluster jobs are cancelled with the scheduler.
         """
         with self._lock:
+            self._waiting.clear()
             batches = list(self._outstanding.values())
         # Cancelling runs joblib's callbacks, which take joblib's lock: never under ours. A
-        # batch submitted meanwhile sees its future cancelled in _attach and cancels itself.
+        # batch being submitted meanwhile sees its future cancelled in _attach.
         for batch in batches:
             mark_cancelled(batch.future)
         with self._lock:
@@ -245,6 +279,22 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
                     remote.cancel_tasks(job, tasks)
                 except Exception as exc:
                     logger.warning("could not cancel job %s: %s", job.job_id, exc)
+
+
+def _ship_local_modules(calls: list[Any]) -> None:
+    """Make the user's own modules that the batches name travel with them, by value.
+
+    A decorated function's modules are found from its code; here the user's functions sit
+    inside joblib's batch, so the modules are read from the batch's pickle instead.
+    """
+    named: set[str] = set()
+    try:
+        with pickling_for_remote_job():
+            for call in calls:
+                named |= modules_named_in_pickle(cloudpickle.dumps(call))
+    except Exception:
+        return  # the submission names what cannot be pickled
+    ship_by_value(classify_modules(named)[1])
 
 
 def _settle(future: Future, exc: BaseException) -> None:
@@ -267,21 +317,22 @@ def _transfer(done: Future, future: Future) -> None:
 
 
 class _Submitter:
-    """One thread that hands queued batches to Clustrix.
+    """One thread that hands waiting batches to Clustrix.
 
     joblib queues the next batch from the thread that completed the previous one: a local
     pool's result thread or a cluster's status poller. Submitting there would hold those up
-    (a cluster submission is an SSH round trip), so batches are queued, and whatever has
+    (a cluster submission is an SSH round trip), so this thread does it, and whatever has
     queued meanwhile goes out together, on a cluster as one job array.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[ClustrixBackend, _Batch]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[ClustrixBackend] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pid = 0
 
-    def put(self, backend: ClustrixBackend, batch: _Batch) -> None:
+    def wake(self, backend: ClustrixBackend) -> None:
+        """Have ``backend`` start what it can of its waiting batches."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 if self._pid != os.getpid():
@@ -291,22 +342,26 @@ class _Submitter:
                     target=self._run, args=(self._queue,), name="clustrix-joblib", daemon=True
                 )
                 self._thread.start()
-            self._queue.put((backend, batch))
+            self._queue.put(backend)
 
     @staticmethod
-    def _run(pending: queue.SimpleQueue[tuple[ClustrixBackend, _Batch]]) -> None:
+    def _run(woken: queue.SimpleQueue[ClustrixBackend]) -> None:
         while True:
-            items = [pending.get()]
-            while True:
+            backends = {id(b): b for b in _drain(woken)}
+            for backend in backends.values():
                 try:
-                    items.append(pending.get_nowait())
-                except queue.Empty:
-                    break
-            by_backend: dict[int, tuple[ClustrixBackend, list[_Batch]]] = {}
-            for backend, batch in items:
-                by_backend.setdefault(id(backend), (backend, []))[1].append(batch)
-            for backend, batches in by_backend.values():
-                backend._start(batches)
+                    backend._pump()
+                except Exception:  # keep serving the other backends
+                    logger.exception("could not submit joblib batches")
+
+
+def _drain(woken: queue.SimpleQueue[ClustrixBackend]) -> list[ClustrixBackend]:
+    items = [woken.get()]
+    while True:
+        try:
+            items.append(woken.get_nowait())
+        except queue.Empty:
+            return items
 
 
 _submitter = _Submitter()
