@@ -22,6 +22,8 @@ import clustrix
 from clustrix.transport.ssh import SSHTransport, resolve_target
 
 ENV_FILE = Path(os.environ.get("CLUSTRIX_TESTCLUSTER_DIR", "/var/tmp/clustrix-testcluster")) / "env"
+# Read now: tests/conftest.py removes CLUSTRIX_* variables before each test.
+REQUIRE_CLUSTER = os.environ.get("CLUSTRIX_REQUIRE_CLUSTER") == "1"
 
 
 def _read_env_file() -> dict[str, str]:
@@ -101,7 +103,7 @@ def test_cluster() -> Iterator[TestCluster]:
             f"the test cluster is not running (no reachable sshd from {ENV_FILE}); "
             "start it with: sudo scripts/testcluster.sh up"
         )
-        if os.environ.get("CLUSTRIX_REQUIRE_CLUSTER") == "1":
+        if REQUIRE_CLUSTER:
             pytest.fail(message)
         pytest.skip(message)
     cluster = TestCluster(
@@ -125,7 +127,7 @@ def test_cluster() -> Iterator[TestCluster]:
 def _require(available: bool, what: str) -> None:
     if not available:
         message = f"{what} is not running on the test cluster"
-        if os.environ.get("CLUSTRIX_REQUIRE_CLUSTER") == "1":
+        if REQUIRE_CLUSTER:
             pytest.fail(message)
         pytest.skip(message)
 
