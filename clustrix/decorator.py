@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import operator
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from typing import Any, TypeVar, overload
 
 from .config import ClusterConfig, resolve_config
@@ -287,7 +288,7 @@ class ClusterFunction:
             arguments.setdefault("job_name", f"clustrix-{self.__name__}-loop")
 
             def submit_map(iteration: Callable[[Any], Any], items: Any) -> list[Any]:
-                return ClusterFunction(iteration, **arguments).map(items, return_exceptions=True)
+                return _ArrayCall.current().map(iteration, items, arguments)
 
             version = parallelize(
                 self.__wrapped__,
@@ -327,7 +328,9 @@ class ClusterFunction:
         if self.parallel == "array" and (array_version := self._array_version()) is not None:
             # The body runs here; each safe loop's iterations go out as one job array.
             future = ClusterFuture(self.__qualname__, f"{config.cluster_type}:loop-array")
-            chain_native(_loop_threads().submit(array_version, *args, **kwargs), future)
+            call = _ArrayCall()
+            chain_native(_loop_threads().submit(call.run, array_version, args, kwargs), future)
+            future.bind_cancel(call.cancel)
             return future
         if config.cluster_type != "local":
             # The backend resubmits tasks lost with their node (retries) by itself.
@@ -402,6 +405,67 @@ class ClusterFunction:
             if config.cancel_on_interrupt:
                 backend_for(config).cancel_job(job)
             raise
+
+
+class _ArrayCall:
+    """One call of a ``parallel="array"`` function, so that cancelling it cancels its arrays.
+
+    The body runs in a loop thread; each loop it reaches maps its iterations through an
+    ``Executor`` registered here, which ``cancel`` (from the caller's future, on Ctrl-C say)
+    shuts down with its jobs.
+    """
+
+    _local = threading.local()
+
+    def __init__(self) -> None:
+        self._executors: list[Any] = []
+        self._cancelled = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def current(cls) -> _ArrayCall:
+        return getattr(cls._local, "call", None) or cls()
+
+    def run(self, func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        _ArrayCall._local.call = self
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _ArrayCall._local.call = None
+
+    def map(
+        self, iteration: Callable[[Any], Any], items: list[Any], arguments: dict[str, Any]
+    ) -> list[Any]:
+        """Each item's result, or the exception of the first failing item (and nothing after)."""
+        from .executor import Executor
+
+        function = ClusterFunction(iteration, **arguments)
+        config = function.effective_config()
+        if config.cluster_type == "local":  # nothing outlives the process: no job to cancel
+            return function.map(items, return_exceptions=True)
+        executor = Executor(**arguments)
+        with self._lock:
+            if self._cancelled:
+                raise CancelledError()
+            self._executors.append(executor)
+        per_task = max(1, -(-len(items) // config.max_parallel_jobs))
+        outcomes: list[Any] = []
+        try:
+            for value in executor.map(iteration, items, chunksize=per_task):
+                outcomes.append(value)
+        except Exception as exc:  # the first failing iteration, in order
+            outcomes.append(exc)
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
+        return outcomes
+
+    def cancel(self) -> bool:
+        with self._lock:
+            self._cancelled = True
+            executors = list(self._executors)
+        for executor in executors:
+            executor.shutdown(wait=False, cancel_futures=True)
+        return True
 
 
 _loop_thread_pool: ThreadPoolExecutor | None = None

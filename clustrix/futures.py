@@ -66,7 +66,8 @@ class ClusterFuture(Future):
             return self.cancelled()
         if self._cancel_job is not None and not self._cancel_job():
             return False
-        return mark_cancelled(self)
+        # Cancelling the work may already have settled this future as cancelled.
+        return mark_cancelled(self) or self.cancelled()
 
     def __repr__(self) -> str:
         state = "cancelled" if self.cancelled() else "finished" if self.done() else "pending"

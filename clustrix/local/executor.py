@@ -18,7 +18,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -477,7 +477,7 @@ def chain_native(inner: Future, future: ClusterFuture) -> None:
     future.bind_cancel(inner.cancel)
 
     def transfer(done: Future) -> None:
-        if done.cancelled():
+        if done.cancelled() or isinstance(done.exception(), CancelledError):
             mark_cancelled(future)
         elif done.exception() is not None:
             _settle(future, (False, done.exception()))

@@ -10,6 +10,8 @@ import pytest
 import clustrix
 from clustrix import cluster
 
+from .conftest import output_of, wait_for
+
 
 def busy(seconds):
     """CPU work (not sleep) so that the cost model sees iterations worth spreading."""
@@ -83,3 +85,29 @@ def test_array_mode_raises_the_first_failing_iteration(on_slurm):
     with pytest.raises(ZeroDivisionError) as caught:
         cluster(memory="200MB", time="00:05:00", parallel="array")(inverses)(10)
     assert "60 // (7 - i)" in str(caught.value.__cause__)
+
+
+def test_cancelling_an_array_mode_call_cancels_its_array(on_slurm):
+    before = {job.job_id for job in clustrix.jobs()}
+
+    def waits(n):
+        out = []
+        for i in range(n):
+            time.sleep(300)
+            out.append(i)
+        return out
+
+    future = cluster(memory="200MB", time="00:10:00", parallel="array")(waits).submit(3)
+
+    def array_job():
+        new = [job for job in clustrix.jobs() if job.job_id not in before]
+        return new[0] if new and new[0].state in ("PENDING", "RUNNING") else None
+
+    assert wait_for(array_job, 60), "the loop's array was submitted"
+    job = array_job()
+    transport = on_slurm.transport()
+    squeue = "squeue -h -n clustrix-waits-loop -o %i"
+    assert wait_for(lambda: output_of(transport, squeue), 30), "SLURM lists the array's tasks"
+    assert future.cancel(), repr(future.exception())
+    assert wait_for(lambda: clustrix.get_job(job.job_id).state == "CANCELLED", 60)
+    assert wait_for(lambda: not output_of(transport, squeue), 60), output_of(transport, squeue)
