@@ -164,6 +164,9 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
         self._limit = self.effective_n_jobs(n_jobs)
         return self._limit
 
+    # retrieval_context stays joblib's default, which does nothing: the thread waiting for
+    # results holds no worker or job slot, so what it waits for can always run.
+
     def compute_batch_size(self) -> int:
         if self.batch_size != "auto":
             return int(self.batch_size)
