@@ -58,6 +58,15 @@ def in_local_worker() -> bool:
 
 def _mark_process_worker() -> None:
     os.environ[_IN_WORKER_ENV] = "local"
+    # Ctrl-C in a terminal and a notebook's "interrupt kernel" signal the whole process group.
+    # The caller decides what an interrupt means; a worker that died of it would break the
+    # pool for every later call. A handler (unlike SIG_IGN) is not inherited across exec, so
+    # programs a call starts still get the default behaviour.
+    signal.signal(signal.SIGINT, _ignore_signal)
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    pass
 
 
 def available_cores() -> int:
