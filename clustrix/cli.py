@@ -241,8 +241,9 @@ def status(profile: str | None) -> None:
     backend = backend_for(config)
     click.echo(f"target: {config.cluster_type} via {backend.transport.where}")
     click.echo(f"work folder: {backend.work_dir}")
-    probe = {"slurm": "sinfo --version", "ssh": "uname -srm"}[config.cluster_type]
-    click.echo(f"{probe.split()[0]}: {backend.transport.run(probe).stdout.strip()}")
+    probe = backend.scheduler.version_command()
+    answer = backend.transport.run(probe, check=False).stdout.strip() or "no answer"
+    click.echo(f"{backend.scheduler.name}: {answer}")
     python = backend.transport.run("command -v python3 && python3 --version", check=False)
     click.echo(f"python3: {' '.join(python.stdout.split()) or 'not found on PATH'}")
     click.echo("status: ready")
@@ -250,21 +251,38 @@ def status(profile: str | None) -> None:
 
 @main.command("trust-host")
 @click.argument("host")
-@click.option("--port", type=int, default=22, show_default=True)
+@click.option(
+    "--port",
+    type=int,
+    help="SSH port (default: the ssh config's Port, cluster_port for the configured host, 22).",
+)
 @click.option(
     "--known-hosts",
     type=click.Path(dir_okay=False, path_type=Path),
     help="known_hosts file to add to (default: known_hosts_file, else ~/.ssh/known_hosts).",
 )
 @click.option("--yes", is_flag=True, help="Add without asking.")
-def trust_host(host: str, port: int, known_hosts: Path | None, yes: bool) -> None:
-    """Show HOST's SSH key fingerprint and add the key to known_hosts once confirmed."""
-    from .transport.ssh import append_known_host, fetch_host_key, fingerprint, known_hosts_name
+def trust_host(host: str, port: int | None, known_hosts: Path | None, yes: bool) -> None:
+    """Show HOST's SSH key fingerprint and add the key to known_hosts once confirmed.
 
-    configured = resolve_config().config.known_hosts_file
-    path = known_hosts or Path(os.path.expanduser(configured or "~/.ssh/known_hosts"))
-    key = fetch_host_key(host, port)
-    name = known_hosts_name(host, port)
+    HOST may be an alias from ~/.ssh/config: the key is fetched from, and recorded under,
+    the HostName and Port it stands for, which is what connections look up.
+    """
+    from .transport.ssh import (
+        append_known_host,
+        fetch_host_key,
+        fingerprint,
+        known_hosts_name,
+        resolve_target,
+    )
+
+    config = resolve_config().config
+    if port is None and host == config.cluster_host:
+        port = config.cluster_port
+    target = resolve_target(host, port)
+    path = known_hosts or Path(os.path.expanduser(config.known_hosts_file or "~/.ssh/known_hosts"))
+    key = fetch_host_key(target.hostname, target.port)
+    name = known_hosts_name(target.hostname, target.port)
     click.echo(f"{name} presents a {key.get_name()} key with fingerprint {fingerprint(key)}")
     if not yes and not click.confirm(
         "Compare it with the one your administrators publish. Trust it?"

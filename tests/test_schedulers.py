@@ -176,3 +176,10 @@ def test_slurm_array_elements_keep_their_own_status():
     assert statuses["50_1"].state is JobState.RUNNING
     assert statuses["50_2"].state is JobState.PENDING
     assert statuses["51"].state is JobState.UNKNOWN
+
+
+def test_options_set_to_none_or_false_are_left_out():
+    options = {"constraint": None, "exclusive": False, "nodelist": "n1"}
+    script = SlurmScheduler().render_script(Resources.parse(), context(options=options))
+    assert "--nodelist=n1" in script
+    assert "constraint" not in script and "exclusive" not in script

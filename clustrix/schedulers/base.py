@@ -156,6 +156,10 @@ class Scheduler:
     def cancel_command(self, job_ids: list[str]) -> str:
         raise NotImplementedError
 
+    def version_command(self) -> str:
+        """A command printing what answers on the login node (``clustrix status``)."""
+        return "uname -srm"
+
     def max_array_size_command(self) -> str | None:
         """A command printing the largest array the scheduler accepts, if it can tell."""
         return None

@@ -170,6 +170,10 @@ class PbsScheduler(Scheduler):
 
     # ------------------------------------------------------------------ commands
 
+    def version_command(self) -> str:
+        # PBS Pro, Torque and compatibility wrappers disagree on version flags: show the path.
+        return f"command -v {self._command('qsub')} || echo 'qsub not found'"
+
     def _command(self, name: str) -> str:
         return shlex.quote(f"{self.bin_dir.rstrip('/')}/{name}") if self.bin_dir else name
 

@@ -72,6 +72,10 @@ _FLAGS: dict[str, tuple[str, str]] = {
 
 class SgeScheduler(Scheduler):
     name = "sge"
+
+    def version_command(self) -> str:
+        return "qstat -help | head -n 1"  # e.g. "SGE 8.1.9"; there is no --version
+
     directive_prefix = "#$"
     supports_arrays = True
     array_index_expression = "$SGE_TASK_ID"

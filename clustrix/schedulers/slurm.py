@@ -48,6 +48,10 @@ def parse_state(text: str) -> JobState:
 
 class SlurmScheduler(Scheduler):
     name = "slurm"
+
+    def version_command(self) -> str:
+        return "sinfo --version"
+
     directive_prefix = "#SBATCH"
     supports_arrays = True
     array_index_expression = "$SLURM_ARRAY_TASK_ID"
@@ -102,7 +106,11 @@ class SlurmScheduler(Scheduler):
             lines.append(f"--qos={context.qos}")
         if "cluster" in options:
             options["clusters"] = options.pop("cluster")
-        lines += [render_flag(name, value) for name, value in options.items() if value is not False]
+        lines += [
+            render_flag(name, value)
+            for name, value in options.items()
+            if value is not False and value is not None
+        ]
         return lines
 
     def submit_command(self, script: str, context: ScriptContext) -> str:
