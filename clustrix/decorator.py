@@ -383,8 +383,21 @@ class ClusterFunction:
                 description=self.__name__,
             )
         if config.cluster_type == "local":
-            return self._local_executor(config).map(
-                func, iterable, *iterables, chunksize=chunksize, return_exceptions=return_exceptions
+            shown = progress is True or (progress is None and config.progress == "on")
+            if not (self.timeout or self.retries or shown):
+                return self._local_executor(config).map(
+                    func,
+                    iterable,
+                    *iterables,
+                    chunksize=chunksize,
+                    return_exceptions=return_exceptions,
+                )
+            # Per-call deadlines, re-runs and a bar need one future per call, not batches.
+            return gather(
+                [self.submit(*items) for items in zip(iterable, *iterables, strict=False)],
+                return_exceptions=return_exceptions,
+                progress=shown,
+                description=self.__name__,
             )
         calls = [(tuple(items), {}) for items in zip(iterable, *iterables, strict=False)]
         if not calls:

@@ -416,3 +416,26 @@ def test_cluster_types_without_a_backend_are_refused_clearly(monkeypatch):
     clustrix.configure(cluster_type="sge", cluster_host="login.example.edu")
     with pytest.raises(clustrix.BackendUnavailableError, match="cluster_type='sge' has no backend"):
         square(2)
+
+
+def test_local_map_honours_the_per_call_timeout():
+    def nap(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    limited = cluster(timeout=0.5)(nap)
+    results = limited.map([0.01, 3], return_exceptions=True)
+    assert results[0] == 0.01
+    assert isinstance(results[1], clustrix.JobTimeoutError)
+
+
+def test_local_map_retries_a_crashed_worker():
+    def crash_once(marker):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(3)
+        return "ran again"
+
+    flaky = cluster(retries=1, executor="processes")(crash_once)
+    marker = str(Path.cwd() / "crashed-once")
+    assert flaky.map([marker]) == ["ran again"]
