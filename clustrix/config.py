@@ -523,6 +523,13 @@ def _validate_mapping(
         where = f"{path}:{line}"
         if name not in FIELD_SPECS:
             raise unknown_field_error(str(name), where)
+        if FIELD_SPECS[name].secret and value:
+            # Parsing is cached per file version, so this warns once per file, not per call.
+            warnings.warn(
+                f"{where}: '{name}' is stored in plain text in a config file; prefer an SSH key "
+                "or the CLUSTRIX_PASSWORD environment variable",
+                stacklevel=2,
+            )
         try:
             validated[name] = validate_value(name, value)
         except ConfigError as exc:

@@ -329,3 +329,10 @@ def test_every_field_has_help_and_parses_from_text():
         if name == "job_poll_interval":
             text = "1.5"
         parse_text_value(name, text)
+
+
+def test_a_password_in_a_config_file_is_flagged(tmp_path):
+    path = tmp_path / "with-password.yaml"
+    path.write_text("cluster_host: login\npassword: hunter2\n")
+    with pytest.warns(UserWarning, match=r"with-password.yaml:2: 'password' is stored in plain"):
+        clustrix.config.read_config_file(path)
