@@ -40,14 +40,18 @@ class DirectScheduler(Scheduler):
     def submit_command(self, script: str, context: ScriptContext) -> str:
         # setsid gives the job a session of its own, whose id the job records itself
         # (setsid may fork, so $! would not be it); a cancel signals the whole session.
-        # The exit code is kept in a file for the status check.
+        # The exit code is kept in a file named by that id, for the status check. Each task
+        # of a job is its own submission in the same folder: the files are per task, and a
+        # resubmitted task's old id file is removed before it starts again.
+        pid_file = f"pid-{context.task or 0}"
         inner = (
-            f"echo $$ > pid; bash {shlex.quote(script)} >> scheduler.log 2>&1 < /dev/null; "
-            "echo $? > exit_code"
+            f"echo $$ > {pid_file}; bash {shlex.quote(script)} >> scheduler.log 2>&1 < /dev/null; "
+            'echo $? > "exit_code-$$"'
         )
         return (
+            f"rm -f {pid_file}; "
             f"setsid nohup bash -c {shlex.quote(inner)} > /dev/null 2>&1 < /dev/null & "
-            "for _ in $(seq 250); do [ -s pid ] && break; sleep 0.02; done; cat pid"
+            f"for _ in $(seq 250); do [ -s {pid_file} ] && break; sleep 0.02; done; cat {pid_file}"
         )
 
     def parse_job_id(self, output: str) -> str:
@@ -56,7 +60,7 @@ class DirectScheduler(Scheduler):
     def status_command(self, jobs: Mapping[str, str], detailed: bool = False) -> str:
         checks = []
         for pid, folder in jobs.items():
-            code_file = shlex.quote(f"{folder}/exit_code")
+            code_file = shlex.quote(f"{folder}/exit_code-{pid}")
             checks.append(
                 f"if [ -s {code_file} ]; then echo {shlex.quote(pid)} DONE $(cat {code_file}); "
                 f"elif kill -0 {shlex.quote(pid)} 2>/dev/null; "

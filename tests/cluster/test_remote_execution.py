@@ -358,3 +358,19 @@ slow()
     assert any(line.startswith(first_job + " ") for line in running)
     assert len([line for line in running if "clustrix-slow" in line]) == 1
     transport.run(f"scancel {first_job}")
+
+
+def test_ssh_map_tracks_each_task_by_its_own_process(on_ssh):
+    """Without arrays each task is a submission of its own, all in one job folder."""
+
+    @cluster(time="00:05:00")
+    def exit_on_three(x):
+        if x == 3:
+            os._exit(7)
+        return x + 1
+
+    results = exit_on_three.map(range(6), chunksize=1, return_exceptions=True)
+    assert results[:3] + results[4:] == [1, 2, 3, 5, 6]
+    assert isinstance(results[3], JobFailedError) and results[3].exit_code == 7
+    job = clustrix.jobs(limit=1)[0]
+    assert len({submission["scheduler_id"] for submission in job.record.submissions}) == 6
