@@ -108,7 +108,7 @@ assert type(q) is Point and q == Point(6.0, 8.0) and length == 10.0, (q, length)
 """
 
 CELL_MAP = """
-results = stretch.map([Point(1.0, 0.0)] * 3, [1, 2, 3], progress="on")
+results = stretch.map([Point(1.0, 0.0)] * 3, [1, 2, 3], progress=True)
 assert [length for _, length in results] == [1.0, 2.0, 3.0], results
 assert all(type(q) is Point for q, _ in results)
 """
@@ -143,8 +143,7 @@ def test_functions_and_classes_defined_in_cells_run_on_every_backend(
         timeout=300,
     )
     assert "caught factor -1 < 0" in text_of(nb, 4)
-    if cluster_type != "local":
-        assert WIDGET in mime_types(nb, 3), "the map's progress bar is a notebook widget"
+    assert WIDGET in mime_types(nb, 3), "the map's progress bar is a notebook widget"
 
 
 @pytest.mark.parametrize("waiting_in", ["call", "map"])
