@@ -12,13 +12,15 @@ before it is submitted, so another process can re-attach to it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import math
 import shlex
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -285,17 +287,21 @@ class RemoteBackend:
                 for n, part in enumerate(parts)
             )
         )
-        try:
-            output = self.transport.run(command, stdin=tar_bytes(files)).stdout
-        except Exception as exc:
-            store.update(job_id, state="FAILED", finished=time.time(), message=str(exc)[:2000])
-            raise
-        ids = [
-            self.scheduler.parse_job_id(line) for line in output.strip().splitlines()[-len(parts) :]
-        ]
-        for part, scheduler_id in zip(parts, ids, strict=True):
-            self._record_submission(job, scheduler_id, part)
-        store.update(job_id, state="PENDING")
+        # Ctrl-C between the scheduler accepting the job and its ids being recorded would
+        # leave a job running that nothing tracks: it is held back until the ids are known.
+        with _interrupts_held() as interrupted:
+            try:
+                output = self.transport.run(command, stdin=tar_bytes(files)).stdout
+            except Exception as exc:
+                store.update(job_id, state="FAILED", finished=time.time(), message=str(exc)[:2000])
+                raise
+            ids = [
+                self.scheduler.parse_job_id(line)
+                for line in output.strip().splitlines()[-len(parts) :]
+            ]
+            for part, scheduler_id in zip(parts, ids, strict=True):
+                self._record_submission(job, scheduler_id, part)
+            store.update(job_id, state="PENDING")
         logger.info(
             "submitted %s (%d call(s), %d task(s)) as %s job(s) %s in %s",
             name,
@@ -306,6 +312,10 @@ class RemoteBackend:
             folder,
         )
         self._track(job)
+        if interrupted:
+            if config.cancel_on_interrupt:
+                self.cancel_job(job)
+            raise KeyboardInterrupt
         return job
 
     def _new_job(
@@ -725,6 +735,24 @@ class RemoteBackend:
             return kept
         path = shlex.quote(f"{job.folder}/{stream}-{task.index}")
         return self.transport.run(f"cat {path} 2>/dev/null; true", check=False).stdout
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[list[int]]:
+    """Hold back SIGINT (Ctrl-C, a notebook's interrupt) for the block; the list tells if one
+    came. Only where it would raise KeyboardInterrupt: the main thread, default handler."""
+    received: list[int] = []
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield received
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _logs(task: int) -> tuple[str, str]:

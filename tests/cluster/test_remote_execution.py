@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -374,3 +375,27 @@ def test_ssh_map_tracks_each_task_by_its_own_process(on_ssh):
     assert isinstance(results[3], JobFailedError) and results[3].exit_code == 7
     job = clustrix.jobs(limit=1)[0]
     assert len({submission["scheduler_id"] for submission in job.record.submissions}) == 6
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["call", "map"])
+def test_ctrl_c_while_submitting_cancels_the_submitted_job(on_slurm, many):
+    backend = backend_for(clustrix.get_config())
+    submit_and_reply = backend.transport.run
+
+    def run(command, *args, **kwargs):
+        result = submit_and_reply(command, *args, **kwargs)
+        if "tar -x" in command:  # the scheduler has the job; its id is on the way back
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(backend.transport, "run", run)
+        if many:
+            wait_and_return.map([120, 120], ["never", "never"])
+        else:
+            wait_and_return(120, "never")
+    (job,) = clustrix.jobs(limit=1)
+    assert job.state == "CANCELLED"
+    ids = ",".join(sorted({s["scheduler_id"] for s in job.record.submissions}))
+    squeue = f"squeue -h -r -j {ids} -t PENDING,RUNNING"
+    assert wait_for(lambda: output_of(on_slurm.transport(), squeue) == "", 30, 0.5)
