@@ -383,7 +383,8 @@ class ClusterFunction:
                 description=self.__name__,
             )
         if config.cluster_type == "local":
-            shown = progress is True or (progress is None and config.progress == "on")
+            asked = config.progress if progress is None else progress
+            shown = asked is True or asked == "on"  # "auto" keeps the batched path
             if not (self.timeout or self.retries or shown):
                 return self._local_executor(config).map(
                     func,
