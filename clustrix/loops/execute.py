@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import threading
 import time
 import weakref
@@ -33,6 +34,33 @@ _WORKER_CACHE: dict[str, Any] = {}
 DISPATCH_COST = 0.002  # seconds per chunk round trip, a conservative default
 
 
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.005
+
+
+def _fast_switching(on: bool) -> None:
+    """Shorten the interpreter's thread switch interval while workers start next to a probe.
+
+    The workers are launched by a watchdog thread while the caller's thread runs a CPU-bound
+    first iteration. Both, and the pool's own feeder thread, need the GIL, which a busy thread
+    hands over only every switch interval (5 ms by default); pickling, submitting and feeding
+    the chunks takes dozens of hand-overs, so the workers would start a tenth of a second late.
+    The previous interval is restored when the caller's first iteration ends.
+    """
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if on:
+            if _switch_users == 0:
+                _switch_saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(_switch_saved, 0.0002))
+            _switch_users += 1
+        else:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     """The worker processes decorated calls use too, started in full before the first chunk.
 
@@ -50,7 +78,9 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _pool_is_warm(workers: int) -> bool:
-    return shared_executor(workers, "auto")._processes in _WARM
+    """Whether the shared pool's workers are already running (their start is paid for)."""
+    pool = shared_executor(workers, "auto")._processes
+    return pool is not None and (pool in _WARM or len(getattr(pool, "_processes", {})) >= workers)
 
 
 def _forget_pool(workers: int, pool: ProcessPoolExecutor | None) -> None:
@@ -134,6 +164,7 @@ class _Probe:
             if self.finished.is_set():
                 return False
             self._claimed = True
+            _fast_switching(True)  # until the caller's first iteration ends (finish)
             return True
 
     def launched(self, chunks: list | None) -> None:
@@ -147,6 +178,7 @@ class _Probe:
             claimed = self._claimed
         if not claimed:
             return None
+        _fast_switching(False)
         self._ready.wait()
         return self._chunks
 
