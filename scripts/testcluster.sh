@@ -668,7 +668,8 @@ down_sge_wait() {
 # ---------------------------------------------------------------------------------------------
 # PBS/Torque-style commands (slurm-wlm-torque, unpacked: it conflicts with gridengine-client)
 # ---------------------------------------------------------------------------------------------
-pbs_up() { [[ -x $PBS_BIN/qsub ]] && slurm_up && "$PBS_BIN/qstat" >/dev/null 2>&1; }
+# Bare qstat exits 153 when SLURM holds no jobs at all; -Q (the queues) answers regardless.
+pbs_up() { [[ -x $PBS_BIN/qsub ]] && slurm_up && "$PBS_BIN/qstat" -Q >/dev/null 2>&1; }
 
 up_pbs() {
   if [[ ! -x $PBS_BIN/qsub ]]; then
@@ -698,7 +699,7 @@ up_pbs() {
   perl -e 'use Slurm; use Switch;' 2>"$LOG/pbs-perl.log" ||
     fail "the perl modules the PBS wrappers need do not load" "$LOG/pbs-perl.log"
   slurm_up || fail "pbs needs slurm, which is down"
-  wait_for 10 "PBS qstat wrapper" "$LOG/slurmctld.log" -- "$PBS_BIN/qstat"
+  wait_for 10 "PBS qstat wrapper" "$LOG/slurmctld.log" -- "$PBS_BIN/qstat" -Q
   say "pbs: up ($PBS_BIN)"
 }
 
