@@ -143,8 +143,11 @@ class Job:
         tasks = self._record.task_sizes
         if not 0 <= task < len(tasks):
             raise ClustrixError(f"job {self.job_id} has tasks 0 to {len(tasks) - 1}, not {task}")
-        config = self._config()
-        backend = backend_for(config)
+        backend = backend_for(self._config())
+        if self._live is not None:
+            # Attached here: the logs were kept when the results came, which may have removed
+            # the folder (cleanup_on_success).
+            return backend.read_log(self._live, self._live.tasks[task], stream)
         path = f"{self.remote_folder}/{stream}-{task}"
         return backend.transport.run(f"cat {shlex.quote(path)} 2>/dev/null; true").stdout
 

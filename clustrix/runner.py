@@ -219,6 +219,10 @@ def main(argv: list[str]) -> int:
         print(f"clustrix runner: {message}", file=sys.stderr)
         _write_atomically(result_path, data)
         return 4
+    # The client reads the logs together with the result: what the call printed must be in
+    # them before the result appears, not when the interpreter exits.
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
     _write_atomically(result_path, data)
     return 0
 
