@@ -161,6 +161,7 @@ class RemoteJob:
     submitted: float = field(default_factory=time.monotonic)
     next_check: float = 0.0
     any_failed: bool = False
+    recorded_final: bool = False  # the store holds the job's final state
 
     def pending_tasks(self) -> list[Task]:
         return [task for task in self.tasks if not task.done]

@@ -606,6 +606,10 @@ class RemoteBackend:
             self._resubmit(job, [task])
             return
         task.done = True
+        if not job.pending_tasks():
+            # Record the final state before the last results are handed over: whoever waits on
+            # them may read the job store at once.
+            self._finish_if_done(job, unsettled=[ok for ok, _ in outcomes])
         for future, (ok, value) in zip(task.futures, outcomes, strict=True):
             future.attempts = task.attempts
             job.any_failed |= not ok
@@ -663,15 +667,21 @@ class RemoteBackend:
             for future in task.futures:
                 future.attempts = task.attempts
 
-    def _finish_if_done(self, job: RemoteJob) -> None:
+    def _finish_if_done(self, job: RemoteJob, unsettled: Sequence[bool] = ()) -> None:
+        """Record the job's final state once no task is pending; ``unsettled`` are the
+        success flags of results about to be handed to their futures."""
         if job.pending_tasks():
             running = any(t.state is JobState.RUNNING for t in job.tasks)
             if running:
                 job.store.update(job.job_id, state="RUNNING")
             return
+        if job.recorded_final:
+            return
+        job.recorded_final = True
         self._forget(job)
-        failed = sum(1 for t in job.tasks for f in t.futures if f.cancelled() or f.exception())
-        cancelled = all(f.cancelled() for t in job.tasks for f in t.futures)
+        settled = [f for t in job.tasks for f in t.futures if f.done()]
+        failed = sum(1 for f in settled if f.cancelled() or f.exception()) + unsettled.count(False)
+        cancelled = not unsettled and all(f.cancelled() for t in job.tasks for f in t.futures)
         state = "CANCELLED" if cancelled else "FAILED" if failed else "COMPLETED"
         job.store.update(job.job_id, state=state, finished=time.time(), failed_items=failed)
         if state == "COMPLETED" and job.cleanup_on_success:
