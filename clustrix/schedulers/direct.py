@@ -1,7 +1,8 @@
 """No scheduler: the job runs detached on an SSH host, tracked by its session.
 
 The job survives the SSH session (``setsid`` + ``nohup``), its exit code lands in a file, a
-time limit is enforced with ``timeout``, and cancelling signals the whole session.
+time limit is enforced with ``timeout``, and cancelling signals the whole session. The tasks of
+one job run at most ``nproc / cores`` at a time.
 """
 
 from __future__ import annotations
@@ -30,12 +31,21 @@ class DirectScheduler(Scheduler):
     def task_launch(self, resources: Resources, context: ScriptContext) -> str:
         folder = shlex.quote(context.job_dir)
         command = f'{context.python_command} {folder}/runner.py {folder} "$task"'
+        # No scheduler shares out the host: the tasks of a job take turns for its cores. Each
+        # task holds one of nproc/cores slot locks (fd 8, kept by the exec'd runner) while it
+        # runs, so a map of a hundred calls runs a core's worth at a time, not all at once.
+        wait_for_slot = (
+            f'slots=$(( $(nproc) / {resources.cores} )); [ "$slots" -ge 1 ] || slots=1; '
+            'while :; do for slot in $(seq 1 "$slots"); do '
+            f'exec 8> {folder}/slot-"$slot"; flock -n 8 && break 2; '
+            "done; sleep 0.2; done"
+        )
         nice = (context.options or {}).get("nice")
         if nice is not None:
             command = f"nice -n {int(nice)} {command}"
         if resources.time_seconds is not None:
             command = f"timeout --kill-after=10 {resources.time_seconds} {command}"
-        return f"exec {command}"
+        return f"{wait_for_slot}\nexec {command}"
 
     def submit_command(self, script: str, context: ScriptContext) -> str:
         # setsid gives the job a session of its own, whose id the job records itself

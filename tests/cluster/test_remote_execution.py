@@ -377,6 +377,21 @@ def test_ssh_map_tracks_each_task_by_its_own_process(on_ssh):
     assert len({submission["scheduler_id"] for submission in job.record.submissions}) == 6
 
 
+def test_ssh_map_runs_a_cores_worth_of_tasks_at_a_time(on_ssh):
+    """No scheduler shares the host out: the tasks of one job take turns for its cores."""
+
+    @cluster(time="00:05:00", cores=1)
+    def interval(x):
+        start = time.time()
+        time.sleep(1.5)
+        return start, time.time()
+
+    cores = int(output_of(on_ssh.transport(), "nproc"))
+    spans = interval.map(range(cores + 2), chunksize=1)
+    most = max(sum(1 for a, b in spans if a <= start < b) for start, _ in spans)
+    assert most == cores, f"{most} tasks ran at once on {cores} cores: {spans}"
+
+
 @pytest.mark.parametrize("many", [False, True], ids=["call", "map"])
 def test_ctrl_c_while_submitting_cancels_the_submitted_job(on_slurm, many):
     backend = backend_for(clustrix.get_config())
