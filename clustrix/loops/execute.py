@@ -156,7 +156,7 @@ class _Probe:
         self.finished = threading.Event()
         self._lock = threading.Lock()
         self._claimed = False
-        self._chunks: list | None = None
+        self._launch: tuple[list, Callable[[], None]] | None = None
         self._ready = threading.Event()
 
     def claim(self) -> bool:
@@ -167,8 +167,8 @@ class _Probe:
             _fast_switching(True)  # until the caller's first iteration ends (finish)
             return True
 
-    def launched(self, chunks: list | None) -> None:
-        self._chunks = chunks
+    def launched(self, launch: tuple[list, Callable[[], None]] | None) -> None:
+        self._launch = launch
         self._ready.set()
 
     def finish(self) -> list | None:
@@ -180,7 +180,11 @@ class _Probe:
             return None
         _fast_switching(False)
         self._ready.wait()
-        return self._chunks
+        if self._launch is None:
+            return None
+        chunks, release = self._launch
+        release()  # the caller's core is free again: start the held chunks
+        return chunks
 
 
 _watchdog_pool: ThreadPoolExecutor | None = None
@@ -226,23 +230,43 @@ class LoopRunner:
         return math.ceil(remaining / self._chunk_size(remaining, per_item))
 
     def _launch(
-        self, items: Sequence[Any], start: int, ro: tuple, per_item: float
-    ) -> list[tuple[Sequence[Any], Future | None]] | None:
+        self, items: Sequence[Any], start: int, ro: tuple, per_item: float, first_wave: int = 0
+    ) -> tuple[list[tuple[Sequence[Any], Future | None]], Callable[[], None]] | None:
+        """Chunks of ``items[start:]`` with their futures, and the function that starts the
+        held ones; ``None`` if they cannot be sent.
+
+        With ``first_wave``, only that many chunks start now and the others wait for the
+        release: while the caller still runs its first iteration, a worker per remaining core
+        is all the machine can run at full speed.
+        """
         pool = None
         try:
             payload = cloudpickle.dumps((self.chunk, ro))
             pool = _pool(self.workers)
             size = self._chunk_size(len(items) - start, per_item)
-            chunks: list[tuple[Sequence[Any], Future | None]] = []
-            for begin in range(start, len(items), size):
-                part = items[begin : begin + size]
-                chunks.append((part, pool.submit(_run_chunk, payload, cloudpickle.dumps(part))))
-            return chunks
+            parts = [items[begin : begin + size] for begin in range(start, len(items), size)]
+            chunks: list[tuple[Sequence[Any], Future | None]] = [
+                (part, pool.submit(_run_chunk, payload, cloudpickle.dumps(part)))
+                for part in parts[: first_wave or len(parts)]
+            ]
         except BrokenProcessPool:
             _forget_pool(self.workers, pool)
             return None
         except Exception:  # unpicklable read-only values or items: stay sequential
             return None
+        held = parts[len(chunks) :]
+
+        def release() -> None:
+            for part in held:
+                try:
+                    future: Future | None = pool.submit(
+                        _run_chunk, payload, cloudpickle.dumps(part)
+                    )
+                except Exception:  # a broken pool: the caller runs this chunk itself
+                    future = None
+                chunks.append((part, future))
+
+        return chunks, release
 
     def _watch(self, probe: _Probe, items: Sequence[Any], ro: tuple) -> None:
         """Launch the remaining iterations once the first has run long enough to pay."""
@@ -251,11 +275,11 @@ class LoopRunner:
             lower = time.perf_counter() - probe.start
             if self._worth(len(items) - 1, lower):
                 if probe.claim():
-                    chunks = None
+                    launch = None
                     try:
-                        chunks = self._launch(items, 1, ro, lower)
+                        launch = self._launch(items, 1, ro, lower, first_wave=self.workers - 1)
                     finally:  # the caller waits for this, whatever happens
-                        probe.launched(chunks)
+                        probe.launched(launch)
                 return
             wait *= 2
 
@@ -288,10 +312,11 @@ class LoopRunner:
                 rest = itertools.islice(items, done, None)
                 return Plan(head, rest)
             if elapsed >= self.probe:
-                chunks = self._launch(items, done, ro, per_item)
-                if chunks is None:
+                launch = self._launch(items, done, ro, per_item)
+                if launch is None:
                     self.last_decision = "sequential (values could not be sent to workers)"
                     return Plan(head, itertools.islice(items, done, None))
+                chunks = launch[0]
                 self.last_decision = f"parallel ({len(chunks)} chunks)"
                 return Plan(head, None, chunks, self.chunk, ro)
             batch = min(batch * 2, total - done)
