@@ -164,6 +164,19 @@ class LocalExecutor:
                 )
             return self._processes
 
+    def worker_pool(self) -> ProcessPoolExecutor:
+        """The worker processes themselves, for code that schedules its own work on them
+        (parallel loops), so that one set of workers serves every kind of local call."""
+        return self._process_pool()
+
+    def started_pool(self) -> ProcessPoolExecutor | None:
+        """The process pool if it was started, without starting it."""
+        return self._processes
+
+    def discard_pool(self, pool: ProcessPoolExecutor) -> None:
+        """Stop handing out ``pool`` (it broke); the next use starts a new one."""
+        self._forget_broken_pool(pool)
+
     def _thread_pool(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._threads is None:

@@ -66,7 +66,7 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
     Sharing them means a loop after a few ordinary calls finds its workers already running.
     """
-    pool = shared_executor(workers, "auto")._process_pool()
+    pool = shared_executor(workers, "auto").worker_pool()
     with _POOL_LOCK:
         if pool not in _WARM:
             start = time.perf_counter()
@@ -79,13 +79,13 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 def _pool_is_warm(workers: int) -> bool:
     """Whether the shared pool's workers are already running (their start is paid for)."""
-    pool = shared_executor(workers, "auto")._processes
+    pool = shared_executor(workers, "auto").started_pool()
     return pool is not None and (pool in _WARM or len(getattr(pool, "_processes", {})) >= workers)
 
 
 def _forget_pool(workers: int, pool: ProcessPoolExecutor | None) -> None:
     if pool is not None:
-        shared_executor(workers, "auto")._forget_broken_pool(pool)
+        shared_executor(workers, "auto").discard_pool(pool)
 
 
 def _overhead(workers: int, chunks: int) -> float:
@@ -94,7 +94,7 @@ def _overhead(workers: int, chunks: int) -> float:
 
 
 def _run_chunk(payload: bytes, items: bytes) -> bytes | None:
-    if _WORKER_CACHE.get("key") is not payload and _WORKER_CACHE.get("bytes") != payload:
+    if _WORKER_CACHE.get("bytes") != payload:  # the same loop's chunks reuse the unpickled body
         _WORKER_CACHE.update(bytes=payload, value=cloudpickle.loads(payload))
     chunk, ro = _WORKER_CACHE["value"]
     events, exc = chunk(cloudpickle.loads(items), ro)
