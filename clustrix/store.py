@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -73,6 +74,9 @@ def default_store_path() -> Path:
     return Path(os.path.expanduser("~")) / ".clustrix" / "jobs.db"
 
 
+_INITIALISING = threading.Lock()
+
+
 class JobStore:
     """CRUD on the jobs table; safe to use from many threads and processes at once."""
 
@@ -89,13 +93,33 @@ class JobStore:
             connection.row_factory = sqlite3.Row
             connection.execute("PRAGMA busy_timeout = 30000")
             if not self._ready:
-                connection.execute("PRAGMA journal_mode = WAL")
-                connection.executescript(_SCHEMA)
-                os.chmod(self.path, 0o600)
-                self._ready = True
+                self._initialise(connection)
             yield connection
         finally:
             connection.close()
+
+    def _initialise(self, connection: sqlite3.Connection) -> None:
+        """WAL mode and the schema, once per store object.
+
+        Switching a new database to WAL needs it to itself, and SQLite reports "database is
+        locked" at once instead of waiting when another connection is opening it too (many
+        threads or processes submitting their first job together): serialise the threads of
+        this process, and retry for other processes.
+        """
+        with _INITIALISING:
+            if self._ready:
+                return
+            for attempt in range(100):
+                try:
+                    connection.execute("PRAGMA journal_mode = WAL")
+                    connection.executescript(_SCHEMA)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 99:
+                        raise
+                    time.sleep(0.05)
+            os.chmod(self.path, 0o600)
+            self._ready = True
 
     def add(self, record: JobRecord) -> None:
         values = asdict(record)

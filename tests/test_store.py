@@ -110,3 +110,27 @@ def test_get_job_names_a_missing_or_ambiguous_id(tmp_path):
         clustrix.get_job("20260101-aa", job_store=path)
     assert clustrix.get_job("20260101-aab", job_store=path).job_id == "20260101-aab"
     assert clustrix.get_job("20260101-aaa", job_store=path).function == "f"
+
+
+def test_many_threads_creating_the_store_together(tmp_path):
+    """The first use of a new store switches it to WAL, which SQLite refuses at once while
+    another connection is opening it: nobody may fail with "database is locked"."""
+    for round_ in range(40):  # the race is narrow: it showed in about 1 round in 30
+        path = str(tmp_path / f"new-{round_}.db")
+        barrier = threading.Barrier(20)
+        errors: list[BaseException] = []
+
+        def use(n: int, path: str = path, barrier=barrier, errors: list = errors) -> None:
+            barrier.wait()
+            try:
+                JobStore(path).add(record(f"t{n}"))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=use, args=(n,)) for n in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors, f"round {round_}: {errors[0]!r}"
+        assert len(JobStore(path).list()) == 20
