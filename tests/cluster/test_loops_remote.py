@@ -33,7 +33,7 @@ def sweep(n):
     return where, pids, total
 
 
-@pytest.mark.parametrize("backend", ["slurm", "ssh"])
+@pytest.mark.parametrize("backend", ["slurm", "sge", "pbs", "ssh"])
 def test_safe_loop_spreads_over_the_cores_of_the_job(backend, request):
     request.getfixturevalue(f"on_{backend}")
     job_pid, pids, total = cluster(cores=2, memory="300MB", time="00:05:00", parallel=True)(sweep)(
