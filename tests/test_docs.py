@@ -23,38 +23,22 @@ from clustrix.schedulers import SCHEDULERS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-TESTCLUSTER_ENV = (
-    Path(os.environ.get("CLUSTRIX_TESTCLUSTER_DIR", "/var/tmp/clustrix-testcluster")) / "env"
-)
 BACKEND_PAGES = {"slurm": "slurm", "sge": "sge", "pbs": "pbs", "ssh": "ssh"}
 
 sys.path.insert(0, str(DOCS / "_ext"))
 import clustrix_docs  # noqa: E402
-
-
-def _testcluster_environment() -> dict[str, str]:
-    """Every ``export KEY=VALUE`` of the test cluster's env file (none without a cluster)."""
-    values = {}
-    if TESTCLUSTER_ENV.is_file():
-        for line in TESTCLUSTER_ENV.read_text().splitlines():
-            if line.startswith("export ") and "=" in line:
-                key, _, value = line[len("export ") :].partition("=")
-                values[key] = shlex.split(value)[0] if value else ""
-    return values
+from testcluster_env import ENV_FILE, missing, read_env_file  # noqa: E402
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_docs_build_without_warnings(tmp_path):
-    cluster = _testcluster_environment()
+    cluster = read_env_file()
     if not cluster.get("CLUSTRIX_TEST_SSH_HOST"):
-        message = (
-            f"the SLURM tutorial needs the test cluster ({TESTCLUSTER_ENV} is missing); "
+        missing(
+            f"the SLURM tutorial needs the test cluster ({ENV_FILE} is missing); "
             "start it with: sudo scripts/testcluster.sh up"
         )
-        if os.environ.get("CLUSTRIX_REQUIRE_CLUSTER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
     environment = {**os.environ, **cluster}
     command = [
         sys.executable,

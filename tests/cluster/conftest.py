@@ -7,7 +7,6 @@ missing cluster into a failure.
 
 from __future__ import annotations
 
-import os
 import shlex
 import socket
 import time
@@ -17,23 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from testcluster_env import ENV_FILE, missing
+from testcluster_env import read_env_file as _read_env_file
 
 import clustrix
 from clustrix.transport.ssh import SSHTransport, resolve_target
-
-ENV_FILE = Path(os.environ.get("CLUSTRIX_TESTCLUSTER_DIR", "/var/tmp/clustrix-testcluster")) / "env"
-# Read now: tests/conftest.py removes CLUSTRIX_* variables before each test.
-REQUIRE_CLUSTER = os.environ.get("CLUSTRIX_REQUIRE_CLUSTER") == "1"
-
-
-def _read_env_file() -> dict[str, str]:
-    values = {}
-    if ENV_FILE.is_file():
-        for line in ENV_FILE.read_text().splitlines():
-            if line.startswith("export ") and "=" in line:
-                key, _, value = line[len("export ") :].partition("=")
-                values[key] = shlex.split(value)[0] if value else ""
-    return values
 
 
 @dataclass(frozen=True)
@@ -103,9 +90,7 @@ def test_cluster() -> Iterator[TestCluster]:
             f"the test cluster is not running (no reachable sshd from {ENV_FILE}); "
             "start it with: sudo scripts/testcluster.sh up"
         )
-        if REQUIRE_CLUSTER:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message)
     cluster = TestCluster(
         host=host,
         port=port,
@@ -127,9 +112,7 @@ def test_cluster() -> Iterator[TestCluster]:
 def _require(available: bool, what: str) -> None:
     if not available:
         message = f"{what} is not running on the test cluster"
-        if REQUIRE_CLUSTER:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message)
 
 
 @pytest.fixture
