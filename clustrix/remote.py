@@ -215,7 +215,7 @@ class RemoteBackend:
         name = function_name(func)
         values = [value for args, kwargs in calls[:100] for value in (*args, *kwargs.values())]
         modules = prepare_local_modules(func, values)
-        per_task = chunksize or max(1, math.ceil(len(calls) / config.max_parallel_jobs))
+        per_task = calls_per_task(len(calls), chunksize, config)
         chunks = [list(calls[i : i + per_task]) for i in range(0, len(calls), per_task)]
         with pickling_for_remote_job():
             function_bytes = pickle_function(func)
@@ -250,20 +250,10 @@ class RemoteBackend:
         for task in job.tasks:
             for future in task.futures:
                 future.environment = report
-        context = ScriptContext(
-            job_name=job_name,
-            job_dir=folder,
-            python_command=self._python_command(plan, report),
-            module_loads=config.module_loads,
-            environment_variables=config.environment_variables,
-            pre_execution_commands=config.pre_execution_commands,
-            account=config.account,
-            qos=config.qos,
-            options=options,
+        context = script_context(
+            config, job_name, folder, self._python_command(plan, report), options
         )
-        task_resources = resources
-        if per_task > 1 and resources.time_seconds is not None:
-            task_resources = replace(resources, time_seconds=resources.time_seconds * per_task)
+        task_resources = resources_per_task(resources, per_task)
         parts = self._plan_parts(list(range(len(chunks))), config, context)
         scripts = {
             f"job-{n}.sh": self.scheduler.render_script(task_resources, part)
@@ -745,6 +735,41 @@ class RemoteBackend:
             return kept
         path = shlex.quote(f"{job.folder}/{stream}-{task.index}")
         return self.transport.run(f"cat {path} 2>/dev/null; true", check=False).stdout
+
+
+def calls_per_task(calls: int, chunksize: int | None, config: ClusterConfig) -> int:
+    """Calls each array task runs: ``chunksize``, or few enough tasks for max_parallel_jobs."""
+    return chunksize or max(1, math.ceil(calls / config.max_parallel_jobs))
+
+
+def resources_per_task(resources: Resources, per_task: int) -> Resources:
+    """A task running ``per_task`` calls one after the other needs that many times the time."""
+    if per_task > 1 and resources.time_seconds is not None:
+        return replace(resources, time_seconds=resources.time_seconds * per_task)
+    return resources
+
+
+def script_context(
+    config: ClusterConfig,
+    job_name: str,
+    job_dir: str,
+    python_command: str,
+    options: Mapping[str, Any],
+    array: ArraySpec | None = None,
+) -> ScriptContext:
+    """What a job script needs from the configuration, besides the resources."""
+    return ScriptContext(
+        job_name=job_name,
+        job_dir=job_dir,
+        python_command=python_command,
+        module_loads=config.module_loads,
+        environment_variables=config.environment_variables,
+        pre_execution_commands=config.pre_execution_commands,
+        account=config.account,
+        qos=config.qos,
+        options=options,
+        array=array,
+    )
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ import json
 import math
 import shlex
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from docutils import nodes
@@ -35,7 +34,8 @@ from clustrix import errors, handle
 from clustrix.config import FIELD_SPECS, ClusterConfig, FieldSpec
 from clustrix.decorator import ClusterFunction
 from clustrix.environment import environment_key, with_runner_requirement
-from clustrix.schedulers import SCHEDULERS, ScriptContext
+from clustrix.remote import calls_per_task, resources_per_task, script_context
+from clustrix.schedulers import SCHEDULERS
 from clustrix.schedulers.base import ArraySpec
 
 SAMPLE_HOME = "/home/me"
@@ -228,25 +228,15 @@ def render_sample(
         key = environment_key(with_runner_requirement(SAMPLE_REQUIREMENTS))
         work_dir = f"{SAMPLE_HOME}/{config.remote_work_dir.removeprefix('~/')}"
         python = shlex.quote(f"{work_dir}/envs/{key}/bin/python")
-    per_task = chunksize or max(1, math.ceil(calls / config.max_parallel_jobs))
+    per_task = calls_per_task(calls, chunksize, config)
     tasks = math.ceil(calls / per_task)
-    if per_task > 1 and resources.time_seconds is not None:
-        resources = replace(resources, time_seconds=resources.time_seconds * per_task)
+    resources = resources_per_task(resources, per_task)
     spec = None
     if tasks > 1 and scheduler.supports_arrays:
         count = min(tasks, config.max_array_size or tasks)
         spec = ArraySpec(0, count, min(config.max_parallel_jobs, count))
-    context = ScriptContext(
-        job_name=job_name,
-        job_dir=folder,
-        python_command=python,
-        module_loads=config.module_loads,
-        environment_variables=config.environment_variables,
-        pre_execution_commands=config.pre_execution_commands,
-        account=config.account,
-        qos=config.qos,
-        options=function.scheduler_options,
-        array=spec,
+    context = script_context(
+        config, job_name, folder, python, function.scheduler_options, array=spec
     )
     return scheduler.render_script(resources, context), scheduler.submit_command(
         "job-0.sh", context
