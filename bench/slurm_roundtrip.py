@@ -75,7 +75,7 @@ def main() -> None:
 
     print("environment (cloudpickle only, in a fresh work folder)")
     plan = plan_environment(
-        trivial, "auto", python_executable=None, conda_env_name=None, payloads=[]
+        trivial, "auto", python_executable=None, conda_env_name=None, payload_modules=()
     )
     started = time.perf_counter()
     assert backend.ensure_environment(plan, config).built

@@ -261,11 +261,12 @@ def plan_environment(
     *,
     python_executable: str | None,
     conda_env_name: str | None,
-    payloads: Iterable[bytes],
+    payload_modules: Iterable[str],
     modules: set[str] | None = None,
 ) -> EnvironmentPlan:
     """Decide how the job gets its Python: an existing one, or a venv built from requirements.
 
+    ``payload_modules`` are the modules the pickled payload names (``modules_named_in_pickle``);
     ``modules`` are those ``prepare_local_modules`` found, when it already ran.
     """
     if python_executable:
@@ -274,8 +275,7 @@ def plan_environment(
         return EnvironmentPlan((), None, conda_env=conda_env_name)
     if environment in (None, "auto"):
         needed = set(modules) if modules is not None else modules_used_by(func)
-        for payload in payloads:
-            needed |= modules_named_in_pickle(payload)
+        needed |= set(payload_modules)
         install, _ = classify_modules(needed)
         requirements: list[str] = [f"{name}=={version}" for name, version in install.items()]
     else:

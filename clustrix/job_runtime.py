@@ -19,20 +19,14 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .environment import modules_named_in_pickle
-
 ARCHIVE_NAME = "clustrix-runtime.zip"
 _PACKAGE = Path(__file__).resolve().parent
 _EMPTY_INIT = b'"""Clustrix modules shipped with a job (see clustrix.job_runtime)."""\n'
 
 
-def payload_needs_runtime(payloads: Iterable[bytes]) -> bool:
-    """Whether loading any of these pickles imports a Clustrix module."""
-    return any(
-        module == "clustrix" or module.startswith("clustrix.")
-        for payload in payloads
-        for module in modules_named_in_pickle(payload)
-    )
+def payload_needs_runtime(payload_modules: Iterable[str]) -> bool:
+    """Whether a payload naming these modules (``modules_named_in_pickle``) imports Clustrix."""
+    return any(m == "clustrix" or m.startswith("clustrix.") for m in payload_modules)
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,6 +44,6 @@ def runtime_archive() -> bytes:
     return buffer.getvalue()
 
 
-def shipped_runtime(payloads: Iterable[bytes]) -> dict[str, bytes]:
-    """The job folder's extra files: the runtime zip when the payloads need it, else none."""
-    return {ARCHIVE_NAME: runtime_archive()} if payload_needs_runtime(payloads) else {}
+def shipped_runtime(payload_modules: Iterable[str]) -> dict[str, bytes]:
+    """The job folder's extra files: the runtime zip when the payload needs it, else none."""
+    return {ARCHIVE_NAME: runtime_archive()} if payload_needs_runtime(payload_modules) else {}

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import ClusterConfig
-from .environment import EnvironmentPlan, bootstrap_script, plan_environment, prepare_local_modules
+from .environment import (
+    EnvironmentPlan,
+    bootstrap_script,
+    modules_named_in_pickle,
+    plan_environment,
+    prepare_local_modules,
+)
 from .errors import (
     BackendUnavailableError,
     ClustrixError,
@@ -220,12 +226,16 @@ class RemoteBackend:
         with pickling_for_remote_job():
             function_bytes = pickle_function(func)
             task_payloads = [pickle_calls(func, chunk) for chunk in chunks]
+        # Read once from the pickles' opcodes, for the environment and the shipped runtime.
+        payload_modules = set().union(
+            *(modules_named_in_pickle(p) for p in [function_bytes, *task_payloads[:3]])
+        )
         plan = plan_environment(
             func,
             environment,
             python_executable=config.python_executable,
             conda_env_name=config.conda_env_name,
-            payloads=[function_bytes, *task_payloads[:3]],
+            payload_modules=payload_modules,
             modules=modules,
         )
         report = self.ensure_environment(plan, config)
@@ -265,7 +275,7 @@ class RemoteBackend:
             function_bytes=function_bytes,
             tasks=task_payloads,
             scripts=scripts,
-            extra=shipped_runtime([function_bytes, *task_payloads[:3]]),
+            extra=shipped_runtime(payload_modules),
         )
         job.context, job.resources = context, task_resources
         quoted_work, quoted_folder = shlex.quote(self.work_dir), shlex.quote(folder)

@@ -51,7 +51,7 @@ def test_classify_pins_installed_distributions_and_skips_stdlib():
 
 def test_auto_plan_pins_client_versions_and_the_runner():
     plan = plan_environment(
-        uses_numpy_and_yaml, "auto", python_executable=None, conda_env_name=None, payloads=[]
+        uses_numpy_and_yaml, "auto", python_executable=None, conda_env_name=None, payload_modules=()
     )
     assert f"numpy=={np.__version__}" in plan.requirements
     assert f"PyYAML=={yaml.__version__}" in plan.requirements
@@ -62,13 +62,13 @@ def test_auto_plan_pins_client_versions_and_the_runner():
 
 def test_explicit_list_and_requirements_file(tmp_path):
     listed = plan_environment(
-        len, ["six==1.16.0"], python_executable=None, conda_env_name=None, payloads=[]
+        len, ["six==1.16.0"], python_executable=None, conda_env_name=None, payload_modules=()
     )
     assert listed.requirements == tuple(sorted(["six==1.16.0", runner_requirement()]))
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# comment\nsix==1.16.0  # inline\n\n")
     from_file = plan_environment(
-        len, str(requirements), python_executable=None, conda_env_name=None, payloads=[]
+        len, str(requirements), python_executable=None, conda_env_name=None, payload_modules=()
     )
     assert from_file.requirements == listed.requirements
     assert from_file.key == listed.key
@@ -78,18 +78,24 @@ def test_explicit_list_and_requirements_file(tmp_path):
             str(tmp_path / "missing.txt"),
             python_executable=None,
             conda_env_name=None,
-            payloads=[],
+            payload_modules=(),
         )
 
 
 def test_existing_interpreters_skip_the_build():
     assert (
         plan_environment(
-            len, "auto", python_executable="/opt/py/bin/python", conda_env_name=None, payloads=[]
+            len,
+            "auto",
+            python_executable="/opt/py/bin/python",
+            conda_env_name=None,
+            payload_modules=(),
         ).python
         == "/opt/py/bin/python"
     )
-    conda = plan_environment(len, "auto", python_executable=None, conda_env_name="sim", payloads=[])
+    conda = plan_environment(
+        len, "auto", python_executable=None, conda_env_name="sim", payload_modules=()
+    )
     assert conda.conda_env == "sim" and not conda.builds_venv
 
 

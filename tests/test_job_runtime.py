@@ -9,6 +9,7 @@ import zipfile
 
 import cloudpickle
 
+from clustrix.environment import modules_named_in_pickle
 from clustrix.job_runtime import payload_needs_runtime, runtime_archive, shipped_runtime
 from clustrix.loops import parallelize
 
@@ -21,11 +22,11 @@ def loop(n):
 
 
 def test_only_payloads_naming_clustrix_get_the_runtime():
-    assert not payload_needs_runtime([cloudpickle.dumps(loop)])
+    assert not payload_needs_runtime(modules_named_in_pickle(cloudpickle.dumps(loop)))
     parallel = parallelize(loop, workers=2)
     assert parallel is not loop
-    assert payload_needs_runtime([cloudpickle.dumps(parallel)])
-    assert shipped_runtime([cloudpickle.dumps(loop)]) == {}
+    assert payload_needs_runtime(modules_named_in_pickle(cloudpickle.dumps(parallel)))
+    assert shipped_runtime(modules_named_in_pickle(cloudpickle.dumps(loop))) == {}
 
 
 def test_runtime_imports_the_loop_runner_without_the_client_side(tmp_path):
