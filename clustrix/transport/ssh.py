@@ -262,29 +262,38 @@ class SSHTransport:
         timeout: float | None = None,
         stdin: bytes | None = None,
     ) -> CommandResult:
+        client = self._connected_client()
         try:
-            channel = self._open_channel()
+            channel = _open_session(client)
         except (paramiko.SSHException, EOFError, OSError):
             # A connection that died since its last use: the command has not run, retry once.
-            with self._lock:
-                self._reset()
-            channel = self._open_channel()
+            self._discard(client)
+            channel = _open_session(self._connected_client())
         with channel:
-            channel.exec_command(command)
-            # Feed stdin from another thread: a command that writes while it reads (tar, cat)
-            # would otherwise stall once both directions' windows are full.
-            feeder = threading.Thread(target=_feed, args=(channel, stdin or b""), daemon=True)
-            feeder.start()
-            stdout, stderr = _drain(channel, timeout)
+            if not stdin:
+                # The remote shell, not an end-of-file from here, closes the command's input.
+                # Paramiko sends a channel's EOF outside its lock, so an EOF sent while a
+                # quick command ends can follow the channel's close, and OpenSSH answers
+                # that protocol error by dropping the whole shared connection.
+                channel.exec_command(f"{{ {command}\n}} </dev/null")
+                stdout, stderr = _drain(channel, timeout)
+            else:
+                channel.exec_command(command)
+                # Feed stdin from another thread: a command that writes while it reads (tar,
+                # cat) would otherwise stall once both directions' windows are full.
+                feeder = threading.Thread(target=_feed, args=(channel, stdin), daemon=True)
+                feeder.start()
+                stdout, stderr = _drain(channel, timeout)
+                feeder.join(timeout=5)
             exit_code = channel.recv_exit_status()
-            feeder.join(timeout=5)
         result = CommandResult(command, exit_code, stdout, stderr)
         return result.check(self.where) if check else result
 
-    def _open_channel(self) -> paramiko.Channel:
-        transport = self._connected_client().get_transport()
-        assert transport is not None
-        return transport.open_session(timeout=_CONNECT_TIMEOUT)
+    def _discard(self, client: paramiko.SSHClient) -> None:
+        """Drop a broken connection, unless another thread has already replaced it."""
+        with self._lock:
+            if self._client is client:
+                self._reset()
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         with self._lock:
@@ -318,11 +327,19 @@ class SSHTransport:
         return self._home
 
 
+def _open_session(client: paramiko.SSHClient) -> paramiko.Channel:
+    transport = client.get_transport()
+    if transport is None:
+        raise paramiko.SSHException("the connection is closed")
+    return transport.open_session(timeout=_CONNECT_TIMEOUT)
+
+
 def _feed(channel: paramiko.Channel, data: bytes) -> None:
     try:
         if data:
             channel.sendall(data)
-        channel.shutdown_write()
+        if not channel.exit_status_ready():  # narrows, cannot close, the race described in run()
+            channel.shutdown_write()
     except (OSError, EOFError, paramiko.SSHException):
         pass  # the command ended without reading everything; its exit code tells the story
 

@@ -125,22 +125,33 @@ def test_proxy_jump_through_the_same_host(test_cluster, isolated_config):
 
 def test_one_connection_shared_by_threads_and_reconnected_after_a_drop(test_cluster):
     transport = transport_for(test_cluster, Path(test_cluster.known_hosts))
+    transport.run("true")
+    first_client = transport._client
     outputs: list[str] = []
 
     def work(i: int) -> None:
-        outputs.append(transport.run(f"echo {i}").stdout.strip())
+        # Many quick commands at once: each channel closes while others open and end.
+        for _ in range(10):
+            outputs.append(transport.run(f"echo {i}").stdout.strip())
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(20)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(outputs, key=int) == [str(i) for i in range(20)]
-    first_client = transport._client
+    assert sorted(outputs, key=int) == [str(i) for i in range(20) for _ in range(10)]
+    assert transport._client is first_client, "the shared connection was dropped and replaced"
 
     first_client.get_transport().close()  # the network drops the connection
     assert transport.run("echo back").stdout == "back\n"
     assert transport._client is not first_client
+
+
+def test_a_command_reading_its_input_sees_the_end_of_it(test_cluster):
+    transport = transport_for(test_cluster, Path(test_cluster.known_hosts))
+    assert transport.run("cat; echo done # a comment", timeout=30).stdout == "done\n"
+    assert transport.run("cat; echo done", stdin=b"in\n").stdout == "in\ndone\n"
+    assert transport.run("exit 3", check=False).exit_code == 3
 
 
 def test_file_round_trip_and_missing_file(test_cluster, tmp_path):
