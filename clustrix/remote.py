@@ -358,20 +358,24 @@ class RemoteBackend:
     def _plan_parts(
         self, tasks: list[int], config: ClusterConfig, context: ScriptContext
     ) -> list[ScriptContext]:
-        """Contexts of the submissions running ``tasks``: arrays no larger than allowed."""
-        parts = []
+        """Contexts of the submissions running ``tasks``: arrays no larger than allowed.
+
+        When a map needs several arrays, they share ``max_parallel_jobs`` between them, so
+        splitting never lets more tasks run at once than one array would.
+        """
         largest = self.max_array_size(config) if self.scheduler.supports_arrays else 1
+        spans: list[tuple[int, int]] = []
         for first, last in index_ranges(tasks):
-            start = first
-            while start <= last:
-                count = min(largest, last - start + 1)
-                if count == 1:
-                    parts.append(replace(context, array=None, task=start))
-                else:
-                    spec = ArraySpec(start, count, min(config.max_parallel_jobs, count))
-                    parts.append(replace(context, array=spec))
-                start += count
-        return parts
+            for start in range(first, last + 1, largest):
+                spans.append((start, min(largest, last - start + 1)))
+        arrays = sum(1 for _, count in spans if count > 1)
+        share = max(1, config.max_parallel_jobs // max(1, arrays))
+        return [
+            replace(context, array=ArraySpec(start, count, min(share, count)))
+            if count > 1
+            else replace(context, array=None, task=start)
+            for start, count in spans
+        ]
 
     def _record_submission(self, job: RemoteJob, scheduler_id: str, part: ScriptContext) -> None:
         if part.array is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import time
 from concurrent.futures import FIRST_COMPLETED, as_completed, wait
 
@@ -50,12 +51,17 @@ def test_map_of_200_items_is_one_array_in_input_order(on_slurm):
 
 
 def test_map_is_split_at_a_small_maximum_array_size(on_slurm):
-    clustrix.configure(max_array_size=7)
+    clustrix.configure(max_array_size=7, max_parallel_jobs=13, cleanup_on_success=False)
     results = square.map(range(40), chunksize=1)
     assert results == [x * x for x in range(40)]
     (job,) = clustrix.jobs(limit=1, states=None)
     assert [s["count"] for s in job.record.submissions] == [7, 7, 7, 7, 7, 5]
     assert [s["offset"] for s in job.record.submissions] == [0, 7, 14, 21, 28, 35]
+    # Six arrays share the 13 tasks allowed at once: 2 each, never 13 each.
+    folder = shlex.quote(job.record.remote_folder)
+    scripts = on_slurm.transport().run(f"cat {folder}/job-*.sh").stdout
+    assert scripts.count("#SBATCH --array=0-6%2\n") == 5
+    assert scripts.count("#SBATCH --array=0-4%2\n") == 1
 
 
 def test_failing_items_with_and_without_return_exceptions(on_slurm):

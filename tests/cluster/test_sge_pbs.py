@@ -102,13 +102,13 @@ def test_sge_failing_items_with_and_without_return_exceptions(on_sge):
 
 
 def test_sge_map_is_split_at_a_small_maximum_array_size(on_sge):
-    clustrix.configure(max_array_size=7, max_parallel_jobs=5, cleanup_on_success=False)
+    clustrix.configure(max_array_size=7, max_parallel_jobs=7, cleanup_on_success=False)
     assert square.map(range(20), chunksize=1) == [x * x for x in range(20)]
     record = _last_job()
     assert [s["count"] for s in record.submissions] == [7, 7, 6]
     assert [s["offset"] for s in record.submissions] == [0, 7, 14]
     script = on_sge.transport().run(f"cat {shlex.quote(record.remote_folder)}/job-2.sh").stdout
-    assert "#$ -t 1-6\n#$ -tc 5\n" in script
+    assert "#$ -t 1-6\n#$ -tc 2\n" in script  # three arrays share the 7 tasks at once
     assert "task=$(( 14 + $SGE_TASK_ID - 1 ))" in script
 
 
