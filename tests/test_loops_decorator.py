@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 import clustrix
 from clustrix import cluster
+from clustrix.errors import WorkerCrashedError
 
 
 def slow_sweep(n, scale):
@@ -105,3 +108,50 @@ def test_parallel_setting_is_validated_by_name():
         assert "'array'" in str(exc)
     else:
         raise AssertionError("parallel='arrays' was accepted")
+
+
+def dies_at(i, fatal):
+    time.sleep(0.05)
+    if i == fatal:
+        os._exit(3)
+    return i
+
+
+def sweep_that_may_crash(n, fatal):
+    out = []
+    for i in range(n):
+        out.append(dies_at(i, fatal))
+    return out
+
+
+def test_a_worker_dying_in_a_loop_raises_worker_crashed_and_later_loops_still_spread():
+    crashing = cluster(parallel=True, cores=2)(sweep_that_may_crash)
+    with pytest.raises(WorkerCrashedError, match="worker process died while running chunk"):
+        crashing(20, fatal=9)
+    # The broken pool was replaced: the next loop runs in parallel again, in fresh workers.
+    _, _, pids = cluster(parallel=True, cores=2)(slow_sweep)(16, 1.0)
+    assert len(pids) >= 2
+
+
+def first_fails_others_leave_a_mark(i, folder):
+    if i == 0:
+        time.sleep(0.4)
+        raise ValueError("the first iteration failed")
+    time.sleep(0.05)
+    (folder / f"ran-{i}").touch()
+    return i
+
+
+def sweep_with_marks(n, folder):
+    out = []
+    for i in range(n):
+        out.append(first_fails_others_leave_a_mark(i, folder))
+    return out
+
+
+def test_a_failing_first_iteration_stops_the_iterations_launched_next_to_it(tmp_path):
+    with pytest.raises(ValueError, match="the first iteration failed"):
+        cluster(parallel=True, cores=2)(sweep_with_marks)(60, tmp_path)
+    time.sleep(2.0)  # what was not cancelled has run by now (59 x 0.05 s on 2 workers)
+    ran = len(list(tmp_path.iterdir()))
+    assert 0 < ran < 30, f"{ran} of 59 later iterations ran after the first one failed"

@@ -51,7 +51,7 @@ class ArrayLoopRunner:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 self.last_decision = f"job array ({len(items)} iterations)"
-                return Plan(_replay(events, outcome), None, [], chunk, ro)
+                return Plan(_replay(events, outcome), None)
             events.extend(outcome)
         self.last_decision = f"job array ({len(items)} iterations)"
-        return Plan(events, None, [], chunk, ro)
+        return Plan(events, None)

@@ -18,10 +18,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
+from ..errors import WorkerCrashedError
 from ..local import shared_executor
 from ..local.executor import available_cores, in_local_worker
 
@@ -104,6 +106,16 @@ def _run_chunk(payload: bytes, items: bytes) -> bytes | None:
         return None
 
 
+@dataclass
+class _Launch:
+    """Chunks sent to ``pool``; ``release`` sends the ones held back while the caller probes."""
+
+    chunks: list[tuple[Sequence[Any], Future | None]]
+    release: Callable[[], None]
+    pool: ProcessPoolExecutor
+    workers: int
+
+
 def _replay(events: list, exc: BaseException | None) -> Iterator[tuple[int, Any]]:
     yield from events
     if exc is not None:
@@ -117,31 +129,49 @@ class Plan:
         self,
         head: Iterable[tuple[int, Any]],
         rest: Iterable[Any] | None,
-        chunks: list[tuple[Sequence[Any], Future | None]] | None = None,
+        launch: _Launch | None = None,
         chunk: Callable[..., Any] | None = None,
         ro: tuple = (),
     ) -> None:
         self.head = head
         self.rest = rest
-        self.parallel = chunks is not None
-        self._chunks = chunks or []
+        self._launch = launch
+        self._chunks = launch.chunks if launch is not None else []
         self._chunk = chunk
         self._ro = ro
 
     def events(self) -> Iterator[tuple[int, Any]]:
         """Every event in iteration order; the first failing iteration's exception is raised."""
         for position, (items, future) in enumerate(self._chunks):
-            data = future.result() if future is not None else None
+            try:
+                data = future.result() if future is not None else None
+            except BrokenProcessPool:
+                self._cancel_after(position)
+                raise self._crashed(position) from None
             if data is None:
                 assert self._chunk is not None
                 events, exc = self._chunk(items, self._ro)
             else:
                 events, exc = cloudpickle.loads(data)
             if exc is not None:
-                for _, later in self._chunks[position + 1 :]:
-                    if later is not None:
-                        later.cancel()
+                self._cancel_after(position)
             yield from _replay(events, exc)
+
+    def _cancel_after(self, position: int) -> None:
+        for _, later in self._chunks[position + 1 :]:
+            if later is not None:
+                later.cancel()
+
+    def _crashed(self, position: int) -> WorkerCrashedError:
+        """A worker died in a chunk: as in sequential code, nothing after it can be trusted."""
+        assert self._launch is not None
+        _forget_pool(self._launch.workers, self._launch.pool)
+        return WorkerCrashedError(
+            f"a worker process died while running chunk {position + 1} of "
+            f"{len(self._chunks)} of a parallel loop (os._exit, a crash in native code, or the "
+            "out-of-memory killer); the loop's results are lost, the caller is unaffected",
+            state="CRASHED",
+        )
 
 
 class _Probe:
@@ -156,7 +186,7 @@ class _Probe:
         self.finished = threading.Event()
         self._lock = threading.Lock()
         self._claimed = False
-        self._launch: tuple[list, Callable[[], None]] | None = None
+        self._launch: _Launch | None = None
         self._ready = threading.Event()
 
     def claim(self) -> bool:
@@ -167,12 +197,16 @@ class _Probe:
             _fast_switching(True)  # until the caller's first iteration ends (finish)
             return True
 
-    def launched(self, launch: tuple[list, Callable[[], None]] | None) -> None:
+    def launched(self, launch: _Launch | None) -> None:
         self._launch = launch
         self._ready.set()
 
-    def finish(self) -> list | None:
-        """Called by the caller after the first iteration: the launched chunks, if any."""
+    def finish(self, failed: bool = False) -> _Launch | None:
+        """Called by the caller after the first iteration: the launch, if there was one.
+
+        The chunks held back start now, unless the first iteration ``failed``: then the
+        launched ones are cancelled, since sequential code would not have run them.
+        """
         with self._lock:
             self.finished.set()
             claimed = self._claimed
@@ -182,9 +216,13 @@ class _Probe:
         self._ready.wait()
         if self._launch is None:
             return None
-        chunks, release = self._launch
-        release()  # the caller's core is free again: start the held chunks
-        return chunks
+        if failed:
+            for _, future in self._launch.chunks:
+                if future is not None:
+                    future.cancel()
+        else:
+            self._launch.release()  # the caller's core is free again: start the held chunks
+        return self._launch
 
 
 _watchdog_pool: ThreadPoolExecutor | None = None
@@ -231,9 +269,8 @@ class LoopRunner:
 
     def _launch(
         self, items: Sequence[Any], start: int, ro: tuple, per_item: float, first_wave: int = 0
-    ) -> tuple[list[tuple[Sequence[Any], Future | None]], Callable[[], None]] | None:
-        """Chunks of ``items[start:]`` with their futures, and the function that starts the
-        held ones; ``None`` if they cannot be sent.
+    ) -> _Launch | None:
+        """Chunks of ``items[start:]`` sent to the workers; ``None`` if they cannot be sent.
 
         With ``first_wave``, only that many chunks start now and the others wait for the
         release: while the caller still runs its first iteration, a worker per remaining core
@@ -266,7 +303,7 @@ class LoopRunner:
                     future = None
                 chunks.append((part, future))
 
-        return chunks, release
+        return _Launch(chunks, release, pool, self.workers)
 
     def _watch(self, probe: _Probe, items: Sequence[Any], ro: tuple) -> None:
         """Launch the remaining iterations once the first has run long enough to pay."""
@@ -299,12 +336,14 @@ class LoopRunner:
         start = probe.start = time.perf_counter()
         events, exc = self.chunk(items[0:1], ro)
         elapsed = time.perf_counter() - start
-        chunks = probe.finish()
+        launch = probe.finish(failed=exc is not None)
         done = 1
         head: list = list(events)
-        if exc is not None or chunks is not None:
+        if exc is not None:
+            return Plan(_replay(head, exc), None)
+        if launch is not None:
             self.last_decision = "parallel (launched during the first iteration)"
-            return Plan(_replay(head, exc), None, chunks, self.chunk, ro)
+            return Plan(head, None, launch, self.chunk, ro)
         batch, per_item = 1, elapsed
         while done < total:
             if not self._worth(total - done, per_item):
@@ -316,9 +355,8 @@ class LoopRunner:
                 if launch is None:
                     self.last_decision = "sequential (values could not be sent to workers)"
                     return Plan(head, itertools.islice(items, done, None))
-                chunks = launch[0]
-                self.last_decision = f"parallel ({len(chunks)} chunks)"
-                return Plan(head, None, chunks, self.chunk, ro)
+                self.last_decision = f"parallel ({len(launch.chunks)} chunks)"
+                return Plan(head, None, launch, self.chunk, ro)
             batch = min(batch * 2, total - done)
             t0 = time.perf_counter()
             events, exc = self.chunk(items[done : done + batch], ro)
@@ -327,6 +365,6 @@ class LoopRunner:
             per_item, elapsed, done = took / batch, elapsed + took, done + batch
             head.extend(events)
             if exc is not None:
-                return Plan(_replay(head, exc), None, [], self.chunk, ro)
+                return Plan(_replay(head, exc), None)
         self.last_decision = "sequential (all iterations ran during the probe)"
-        return Plan(head, None, [], self.chunk, ro)
+        return Plan(head, None)
