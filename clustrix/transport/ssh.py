@@ -268,26 +268,28 @@ class SSHTransport:
         except (paramiko.SSHException, EOFError, OSError):
             # A connection that died since its last use: the command has not run, retry once.
             self._discard(client)
-            channel = _open_session(self._connected_client())
-        with channel:
-            if not stdin:
-                # The remote shell, not an end-of-file from here, closes the command's input.
-                # Paramiko sends a channel's EOF outside its lock, so an EOF sent while a
-                # quick command ends can follow the channel's close, and OpenSSH answers
-                # that protocol error by dropping the whole shared connection.
-                channel.exec_command(f"{{ {command}\n}} </dev/null")
-                stdout, stderr = _drain(channel, timeout)
-            else:
-                channel.exec_command(command)
-                # Feed stdin from another thread: a command that writes while it reads (tar,
-                # cat) would otherwise stall once both directions' windows are full.
-                feeder = threading.Thread(target=_feed, args=(channel, stdin), daemon=True)
-                feeder.start()
-                stdout, stderr = _drain(channel, timeout)
-                feeder.join(timeout=5)
-            exit_code = channel.recv_exit_status()
+            try:
+                channel = _open_session(self._connected_client())
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise ConnectionFailedError(f"cannot run commands on {self.where}: {exc}") from None
+        try:
+            exit_code, stdout, stderr = _execute(channel, command, stdin, timeout)
+        except TimeoutError:
+            raise
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._dropped(command) from exc
+        if exit_code == -1 and not _is_active(channel):
+            # A closed channel without an exit status: the output may be cut short.
+            raise self._dropped(command)
         result = CommandResult(command, exit_code, stdout, stderr)
         return result.check(self.where) if check else result
+
+    def _dropped(self, command: str) -> ConnectionFailedError:
+        shown = command.splitlines()[0][:120] if command.strip() else command
+        return ConnectionFailedError(
+            f"the connection to {self.where} dropped while running {shown!r}; it may or may "
+            "not have run to the end (the next command reconnects)"
+        )
 
     def _discard(self, client: paramiko.SSHClient) -> None:
         """Drop a broken connection, unless another thread has already replaced it."""
@@ -325,6 +327,33 @@ class SSHTransport:
         if self._home is None:
             self._home = self.run('printf %s "$HOME"').stdout.strip()
         return self._home
+
+
+def _is_active(channel: paramiko.Channel) -> bool:
+    return channel.get_transport().is_active()
+
+
+def _execute(
+    channel: paramiko.Channel, command: str, stdin: bytes | None, timeout: float | None
+) -> tuple[int, bytes, str]:
+    """Exit code, stdout and stderr of ``command`` on a fresh session channel."""
+    with channel:
+        if not stdin:
+            # The remote shell, not an end-of-file from here, closes the command's input.
+            # Paramiko sends a channel's EOF outside its lock, so an EOF sent while a quick
+            # command ends can follow the channel's close, and OpenSSH answers that protocol
+            # error by dropping the whole shared connection.
+            channel.exec_command(f"{{ {command}\n}} </dev/null")
+            stdout, stderr = _drain(channel, timeout)
+        else:
+            channel.exec_command(command)
+            # Feed stdin from another thread: a command that writes while it reads (tar, cat)
+            # would otherwise stall once both directions' windows are full.
+            feeder = threading.Thread(target=_feed, args=(channel, stdin), daemon=True)
+            feeder.start()
+            stdout, stderr = _drain(channel, timeout)
+            feeder.join(timeout=5)
+        return channel.recv_exit_status(), stdout, stderr
 
 
 def _open_session(client: paramiko.SSHClient) -> paramiko.Channel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,25 @@ def test_ssh_agent_provides_the_key(test_cluster, isolated_config, monkeypatch):
         assert transport.run("whoami").stdout.strip() == test_cluster.user
     finally:
         subprocess.run(["kill", values["SSH_AGENT_PID"]], check=False)
+
+
+def test_a_connection_dropped_mid_command_raises_instead_of_returning_cut_output(test_cluster):
+    transport = transport_for(test_cluster, Path(test_cluster.known_hosts))
+    transport.run("true")
+    outcome: list[BaseException | object] = []
+
+    def slow() -> None:
+        try:
+            outcome.append(transport.run("echo early; sleep 5; echo late", check=False))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(1.0)
+    transport._client.get_transport().close()  # the network drops the connection
+    thread.join(timeout=30)
+    (result,) = outcome
+    assert isinstance(result, ConnectionFailedError), result
+    assert "dropped while running 'echo early; sleep 5; echo late'" in str(result)
+    assert transport.run("echo back").stdout == "back\n"
