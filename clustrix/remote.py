@@ -360,8 +360,8 @@ class RemoteBackend:
     ) -> list[ScriptContext]:
         """Contexts of the submissions running ``tasks``: arrays no larger than allowed.
 
-        When a map needs several arrays, they share ``max_parallel_jobs`` between them, so
-        splitting never lets more tasks run at once than one array would.
+        When a map needs several arrays, they share ``max_parallel_jobs`` between them (at
+        least one running task each), so splitting does not multiply the tasks running at once.
         """
         largest = self.max_array_size(config) if self.scheduler.supports_arrays else 1
         spans: list[tuple[int, int]] = []

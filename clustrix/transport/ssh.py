@@ -367,7 +367,7 @@ def _feed(channel: paramiko.Channel, data: bytes) -> None:
     try:
         if data:
             channel.sendall(data)
-        if not channel.exit_status_ready():  # narrows, cannot close, the race described in run()
+        if not channel.exit_status_ready():  # narrows, cannot close, the race in _execute()
             channel.shutdown_write()
     except (OSError, EOFError, paramiko.SSHException):
         pass  # the command ended without reading everything; its exit code tells the story
