@@ -135,7 +135,7 @@ def test_a_worker_dying_in_a_loop_raises_worker_crashed_and_later_loops_still_sp
 
 def first_fails_others_leave_a_mark(i, folder):
     if i == 0:
-        time.sleep(0.4)
+        time.sleep(0.6)  # long enough for the watchdog to launch chunks next to it
         raise ValueError("the first iteration failed")
     time.sleep(0.05)
     (folder / f"ran-{i}").touch()
