@@ -237,8 +237,33 @@ def _watchdogs() -> ThreadPoolExecutor:
         return _watchdog_pool
 
 
+@dataclass(frozen=True)
+class _CostModel:
+    """Whether the rest of a loop pays on ``workers`` processes, and how to cut it in chunks."""
+
+    workers: int
+    threshold: float
+
+    def worth(self, remaining: int, per_item: float) -> bool:
+        chunks = self.chunks_needed(remaining, per_item)
+        saving = remaining * per_item * (1 - 1 / self.workers)
+        return saving - _overhead(self.workers, chunks) > self.threshold
+
+    def chunk_size(self, remaining: int, per_item: float) -> int:
+        target = max(0.01, min(0.25, remaining * per_item / (self.workers * 8)))
+        size = max(1, round(target / max(per_item, 1e-9)))
+        return min(size, max(1, math.ceil(remaining / self.workers)))
+
+    def chunks_needed(self, remaining: int, per_item: float) -> int:
+        return math.ceil(remaining / self.chunk_size(remaining, per_item))
+
+
 class LoopRunner:
-    """Called by the rewritten function with the loop's iterable and its read-only values."""
+    """Called by the rewritten function with the loop's iterable and its read-only values.
+
+    One runner serves every call of the function, from any thread: what a call decides lives
+    in that call, except ``last_decision``, kept for ``explain`` and tests.
+    """
 
     def __init__(
         self,
@@ -249,26 +274,18 @@ class LoopRunner:
     ) -> None:
         self.chunk = chunk
         self.wanted_workers = workers
-        self.workers = 0  # set per call, where the loop runs
         self.threshold = threshold
         self.probe = probe
         self.last_decision = ""
 
-    def _worth(self, remaining: int, per_item: float) -> bool:
-        chunks = self._chunks_needed(remaining, per_item)
-        saving = remaining * per_item * (1 - 1 / self.workers)
-        return saving - _overhead(self.workers, chunks) > self.threshold
-
-    def _chunk_size(self, remaining: int, per_item: float) -> int:
-        target = max(0.01, min(0.25, remaining * per_item / (self.workers * 8)))
-        size = max(1, round(target / max(per_item, 1e-9)))
-        return min(size, max(1, math.ceil(remaining / self.workers)))
-
-    def _chunks_needed(self, remaining: int, per_item: float) -> int:
-        return math.ceil(remaining / self._chunk_size(remaining, per_item))
-
     def _launch(
-        self, items: Sequence[Any], start: int, ro: tuple, per_item: float, first_wave: int = 0
+        self,
+        model: _CostModel,
+        items: Sequence[Any],
+        start: int,
+        ro: tuple,
+        per_item: float,
+        first_wave: int = 0,
     ) -> _Launch | None:
         """Chunks of ``items[start:]`` sent to the workers; ``None`` if they cannot be sent.
 
@@ -279,15 +296,15 @@ class LoopRunner:
         pool = None
         try:
             payload = cloudpickle.dumps((self.chunk, ro))
-            pool = _pool(self.workers)
-            size = self._chunk_size(len(items) - start, per_item)
+            pool = _pool(model.workers)
+            size = model.chunk_size(len(items) - start, per_item)
             parts = [items[begin : begin + size] for begin in range(start, len(items), size)]
             chunks: list[tuple[Sequence[Any], Future | None]] = [
                 (part, pool.submit(_run_chunk, payload, cloudpickle.dumps(part)))
                 for part in parts[: first_wave or len(parts)]
             ]
         except BrokenProcessPool:
-            _forget_pool(self.workers, pool)
+            _forget_pool(model.workers, pool)
             return None
         except Exception:  # unpicklable read-only values or items: stay sequential
             return None
@@ -303,18 +320,20 @@ class LoopRunner:
                     future = None
                 chunks.append((part, future))
 
-        return _Launch(chunks, release, pool, self.workers)
+        return _Launch(chunks, release, pool, model.workers)
 
-    def _watch(self, probe: _Probe, items: Sequence[Any], ro: tuple) -> None:
+    def _watch(self, model: _CostModel, probe: _Probe, items: Sequence[Any], ro: tuple) -> None:
         """Launch the remaining iterations once the first has run long enough to pay."""
         wait = 0.02
         while not probe.finished.wait(wait):
             lower = time.perf_counter() - probe.start
-            if self._worth(len(items) - 1, lower):
+            if model.worth(len(items) - 1, lower):
                 if probe.claim():
                     launch = None
                     try:
-                        launch = self._launch(items, 1, ro, lower, first_wave=self.workers - 1)
+                        launch = self._launch(
+                            model, items, 1, ro, lower, first_wave=model.workers - 1
+                        )
                     finally:  # the caller waits for this, whatever happens
                         probe.launched(launch)
                 return
@@ -326,13 +345,14 @@ class LoopRunner:
         )
         total = len(items)
         # Counted where the loop runs: a cluster job may have fewer cores than requested.
-        self.workers = min(self.wanted_workers or available_cores(), available_cores())
-        if self.workers < 2 or total < 2 or in_local_worker():
+        workers = min(self.wanted_workers or available_cores(), available_cores())
+        if workers < 2 or total < 2 or in_local_worker():
             self.last_decision = "sequential (one worker, fewer than 2 iterations, or nested)"
             return Plan((), items)
         # First iteration, with a watchdog that launches the rest if it is slow enough.
         probe = _Probe()
-        _watchdogs().submit(self._watch, probe, items, ro)
+        model = _CostModel(workers, self.threshold)
+        _watchdogs().submit(self._watch, model, probe, items, ro)
         start = probe.start = time.perf_counter()
         events, exc = self.chunk(items[0:1], ro)
         elapsed = time.perf_counter() - start
@@ -346,12 +366,12 @@ class LoopRunner:
             return Plan(head, None, launch, self.chunk, ro)
         batch, per_item = 1, elapsed
         while done < total:
-            if not self._worth(total - done, per_item):
+            if not model.worth(total - done, per_item):
                 self.last_decision = f"sequential (about {per_item:.2e} s per iteration)"
                 rest = itertools.islice(items, done, None)
                 return Plan(head, rest)
             if elapsed >= self.probe:
-                launch = self._launch(items, done, ro, per_item)
+                launch = self._launch(model, items, done, ro, per_item)
                 if launch is None:
                     self.last_decision = "sequential (values could not be sent to workers)"
                     return Plan(head, itertools.islice(items, done, None))
