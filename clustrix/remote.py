@@ -77,6 +77,9 @@ _SECTION = "--clustrix-results--"
 _MARK = "--clustrix-task--"
 _INLINE_LIMIT = 4 * 1024 * 1024
 _DEFAULT_MAX_ARRAY = 1000
+# A status check takes a second or two; one hanging far longer is on a connection that died
+# without closing (a laptop that slept, a dropped VPN), and the retry reconnects.
+_POLL_TIMEOUT = 120.0
 # collect FOLDER JOB_ID "FIRST-LAST ...": for each task with a result, a marker line and (if
 # small) its result and logs as a base64 tar on the next line.
 _COLLECT_FUNCTION = (
@@ -536,6 +539,7 @@ class RemoteBackend:
         output = self.transport.run(
             f"{_COLLECT_FUNCTION}; {status_command}; echo {_SECTION}; {collect}; true",
             check=False,
+            timeout=_POLL_TIMEOUT,
         ).stdout
         status_part, _, result_part = output.partition(_SECTION)
         statuses = self.scheduler.parse_status(status_part, list(submissions))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -414,3 +415,53 @@ def test_ctrl_c_while_submitting_cancels_the_submitted_job(on_slurm, many):
     ids = ",".join(sorted({s["scheduler_id"] for s in job.record.submissions}))
     squeue = f"squeue -h -r -j {ids} -t PENDING,RUNNING"
     assert wait_for(lambda: output_of(on_slurm.transport(), squeue) == "", 30, 0.5)
+
+
+def _server_processes(ssh_port: int, client_port: int) -> list[int]:
+    """The sshd processes serving the connection that starts at ``client_port``."""
+    listing = subprocess.run(
+        [
+            "ss",
+            "-tnpH",
+            "state",
+            "established",
+            f"( sport = :{ssh_port} and dport = :{client_port} )",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted({int(pid) for pid in re.findall(r"pid=(\d+)", listing)})
+
+
+def test_a_connection_that_hangs_while_a_call_waits_is_replaced(on_slurm, monkeypatch, tmp_path):
+    # A laptop that slept or a VPN that vanished: the TCP connection stays open but nothing
+    # answers, here in the middle of a status check. The check gives up and the next one
+    # connects afresh.
+    monkeypatch.setattr(clustrix.remote, "_POLL_TIMEOUT", 6.0)
+    backend = backend_for(clustrix.get_config())
+    marker = f"{on_slurm.transport().home()}/clustrix-status-check-{os.getpid()}"
+    status_command = type(backend.scheduler).status_command
+
+    def slow_status_command(self, jobs, detailed=False):
+        # The first check says it is running, then lasts long enough to be caught in flight.
+        first = f"if mkdir {shlex.quote(marker)} 2>/dev/null; then sleep 4; fi; "
+        return first + status_command(self, jobs, detailed)
+
+    monkeypatch.setattr(type(backend.scheduler), "status_command", slow_status_command)
+    future = wait_and_return.submit(1, "survived")
+    transport = backend.transport
+    client_port = transport._client.get_transport().sock.getsockname()[1]
+    pids = _server_processes(on_slurm.port, client_port)
+    assert pids, "the sshd processes of the connection were found"
+    assert wait_for(lambda: _remote_exists(on_slurm, marker), 30)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)  # the check in flight never gets its answer
+    try:
+        assert future.result(timeout=120) == "survived"
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        on_slurm.transport().run(f"rmdir {shlex.quote(marker)}")
+    new_port = transport._client.get_transport().sock.getsockname()[1]
+    assert new_port != client_port, "the result came over a new connection"
