@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -434,7 +435,7 @@ def _server_processes(ssh_port: int, client_port: int) -> list[int]:
     return sorted({int(pid) for pid in re.findall(r"pid=(\d+)", listing)})
 
 
-def test_a_connection_that_hangs_while_a_call_waits_is_replaced(on_slurm, monkeypatch, tmp_path):
+def test_a_connection_that_hangs_while_a_call_waits_is_replaced(on_slurm, monkeypatch):
     # A laptop that slept or a VPN that vanished: the TCP connection stays open but nothing
     # answers, here in the middle of a status check. The check gives up and the next one
     # connects afresh.
@@ -461,7 +462,8 @@ def test_a_connection_that_hangs_while_a_call_waits_is_replaced(on_slurm, monkey
         assert future.result(timeout=120) == "survived"
     finally:
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        on_slurm.transport().run(f"rmdir {shlex.quote(marker)}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        on_slurm.transport().run(f"rm -rf {shlex.quote(marker)}")
     new_port = transport._client.get_transport().sock.getsockname()[1]
     assert new_port != client_port, "the result came over a new connection"
