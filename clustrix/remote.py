@@ -36,6 +36,7 @@ from .environment import (
 from .errors import (
     BackendUnavailableError,
     ClustrixError,
+    ConnectionFailedError,
     EnvironmentSetupError,
     JobCancelledError,
     JobFailedError,
@@ -80,6 +81,11 @@ _DEFAULT_MAX_ARRAY = 1000
 # A status check takes a second or two; one hanging far longer is on a connection that died
 # without closing (a laptop that slept, a dropped VPN), and the retry reconnects.
 _POLL_TIMEOUT = 120.0
+# How long a submission whose connection dropped is given to report on the login node: a
+# short grace once its shell has ended, a longer patience while the shell still runs (a
+# scheduler slow to answer).
+_SUBMISSION_GRACE = 15.0
+_SUBMISSION_PATIENCE = 120.0
 # collect FOLDER JOB_ID "FIRST-LAST ...": for each task with a result, a marker line and (if
 # small) its result and logs as a base64 tar on the next line.
 _COLLECT_FUNCTION = (
@@ -282,26 +288,32 @@ class RemoteBackend:
         )
         job.context, job.resources = context, task_resources
         quoted_work, quoted_folder = shlex.quote(self.work_dir), shlex.quote(folder)
+        # Each part's scheduler id is also kept in the job folder, so that a submission whose
+        # connection drops can still learn what the scheduler accepted.
         command = (
             f"mkdir -p {quoted_work} && chmod 700 {quoted_work} && mkdir -m 700 {quoted_folder} "
-            f"&& cd {quoted_folder} && tar -x -f - && "
+            f"&& cd {quoted_folder} && echo $$ > {_SUBMITTING_PID} && tar -x -f - && "
             + " && ".join(
-                f"{{ {self.scheduler.submit_command(f'job-{n}.sh', part)}; }}"
-                for n, part in enumerate(parts)
+                f"[ ! -e {_ABANDONED} ] && "
+                f"{{ {self.scheduler.submit_command(script, part)}; }} > {_submitted_file(n)}"
+                for n, (script, part) in enumerate(zip(scripts, parts, strict=True))
             )
+            + " && cat "
+            + " ".join(_submitted_file(n) for n in range(len(parts)))
         )
         # Ctrl-C between the scheduler accepting the job and its ids being recorded would
         # leave a job running that nothing tracks: it is held back until the ids are known.
         with _interrupts_held() as interrupted:
             try:
-                output = self.transport.run(command, stdin=tar_bytes(files)).stdout
+                try:
+                    output = self.transport.run(command, stdin=tar_bytes(files)).stdout
+                    lines = output.strip().splitlines()[-len(parts) :]
+                except ConnectionFailedError:
+                    lines = self._submitted_after_drop(folder, len(parts))
             except Exception as exc:
                 store.update(job_id, state="FAILED", finished=time.time(), message=str(exc)[:2000])
                 raise
-            ids = [
-                self.scheduler.parse_job_id(line)
-                for line in output.strip().splitlines()[-len(parts) :]
-            ]
+            ids = [self.scheduler.parse_job_id(line) for line in lines]
             for part, scheduler_id in zip(parts, ids, strict=True):
                 self._record_submission(job, scheduler_id, part)
             store.update(job_id, state="PENDING")
@@ -320,6 +332,65 @@ class RemoteBackend:
                 self.cancel_job(job)
             raise KeyboardInterrupt
         return job
+
+    def _submitted_after_drop(self, folder: str, parts: int) -> list[str]:
+        """The id lines of a submission whose connection dropped, read back from its folder.
+
+        The submitting shell goes on without the connection, so its parts are given a moment
+        to finish. If some never report, the submission is abandoned: parts not yet started
+        will not start, and those the scheduler accepted are cancelled, so that nothing runs
+        untracked. Raises ConnectionFailedError then, saying so.
+        """
+        quoted = shlex.quote(folder)
+        files = " ".join(_submitted_file(n) for n in range(parts))
+        # Whether the submitting shell still runs, then a line per part: its last output
+        # line, or "-" while it has printed nothing.
+        report = (
+            f"cd {quoted} 2>/dev/null || exit 0; "
+            f'if kill -0 "$(cat {_SUBMITTING_PID} 2>/dev/null)" 2>/dev/null; '
+            "then echo running; else echo ended; fi; "
+            f'for f in {files}; do if [ -s "$f" ]; then tail -n 1 "$f"; else echo -; fi; done'
+        )
+        started = time.monotonic()
+        lines: list[str] = []
+        while True:
+            running = False
+            with contextlib.suppress(ClustrixError, OSError):
+                answer = self.transport.run(report, check=False).stdout.splitlines()
+                running, lines = answer[:1] == ["running"], answer[1:]
+            if len(lines) == parts and "-" not in lines:
+                logger.warning(
+                    "the connection to %s dropped during a submission; the scheduler had "
+                    "accepted it, and it is tracked as usual",
+                    self.transport.where,
+                )
+                return lines
+            waited = time.monotonic() - started
+            if waited > _SUBMISSION_PATIENCE or (waited > _SUBMISSION_GRACE and not running):
+                break
+            time.sleep(1.0)
+        accepted = [self.scheduler.parse_job_id(line) for line in lines if line != "-"]
+        with contextlib.suppress(ClustrixError, OSError):
+            cancel = self.scheduler.cancel_command(accepted) if accepted else "true"
+            # The folder existing also stops a submission that has not even started.
+            self.transport.run(
+                f"mkdir -p -m 700 {quoted} && touch {quoted}/{_ABANDONED}; {cancel}", check=False
+            )
+        raise ConnectionFailedError(
+            f"the connection to {self.transport.where} dropped during a submission, and the "
+            f"scheduler's answer could not be read back from {folder}; "
+            + (
+                f"the parts it had accepted ({', '.join(accepted)}) were cancelled"
+                if accepted
+                else "no part of it had been accepted"
+            )
+            + (
+                " (a part still being submitted after "
+                f"{_SUBMISSION_PATIENCE:g} s may yet start: look in the queue)"
+                if running
+                else ""
+            )
+        )
 
     def _new_job(
         self,
@@ -806,6 +877,14 @@ def _interrupts_held() -> Iterator[list[int]]:
         yield received
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_ABANDONED = "submission-abandoned"
+_SUBMITTING_PID = "submitting.pid"
+
+
+def _submitted_file(part: int) -> str:
+    return f"submitted-{part}"
 
 
 def _logs(task: int) -> tuple[str, str]:

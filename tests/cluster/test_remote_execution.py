@@ -18,7 +18,7 @@ import pytest
 
 import clustrix
 from clustrix import JobFailedError, cluster
-from clustrix.errors import JobCancelledError, JobTimeoutError
+from clustrix.errors import ConnectionFailedError, JobCancelledError, JobTimeoutError
 from clustrix.remote import backend_for
 
 from .conftest import output_of, wait_for
@@ -467,3 +467,68 @@ def test_a_connection_that_hangs_while_a_call_waits_is_replaced(on_slurm, monkey
         on_slurm.transport().run(f"rm -rf {shlex.quote(marker)}")
     new_port = transport._client.get_transport().sock.getsockname()[1]
     assert new_port != client_port, "the result came over a new connection"
+
+
+def _drop_during_submission(on_slurm, monkeypatch, submit_for):
+    """Make each part's submission run ``submit_for(script, original)`` and drop the backend's
+    connection while the first part is being submitted."""
+    backend = backend_for(clustrix.get_config())
+    marker = f"{on_slurm.transport().home()}/clustrix-submitting-{os.getpid()}"
+    original = type(backend.scheduler).submit_command
+
+    def submit_command(self, script, context):
+        return f"mkdir -p {shlex.quote(marker)}; " + submit_for(
+            script, original(self, script, context)
+        )
+
+    monkeypatch.setattr(type(backend.scheduler), "submit_command", submit_command)
+
+    def drop_when_submitting() -> None:
+        if wait_for(lambda: _remote_exists(on_slurm, marker), 120, 0.2):
+            backend.transport._client.get_transport().close()
+
+    dropper = threading.Thread(target=drop_when_submitting, daemon=True)
+    dropper.start()
+    return dropper, marker
+
+
+def test_a_submission_whose_connection_drops_is_still_tracked(on_slurm, monkeypatch, caplog):
+    dropper, marker = _drop_during_submission(
+        on_slurm, monkeypatch, lambda script, original: f"sleep 3; {original}"
+    )
+    try:
+        future = wait_and_return.submit(1, "submitted anyway")
+    finally:
+        dropper.join(timeout=10)
+        on_slurm.transport().run(f"rm -rf {shlex.quote(marker)}")
+    assert "dropped during a submission; the scheduler had accepted it" in caplog.text
+    assert future.result(timeout=120) == "submitted anyway"
+    (job,) = clustrix.jobs(limit=1, states=None)
+    assert job.record.submissions[0]["scheduler_id"] == future.scheduler_id
+
+
+def test_a_dropped_submission_that_cannot_be_confirmed_leaves_nothing_running(
+    on_slurm, monkeypatch
+):
+    # Two arrays: the first is accepted, the second never answers. The accepted one must not
+    # run untracked.
+    monkeypatch.setattr(clustrix.remote, "_SUBMISSION_GRACE", 2.0)
+    clustrix.configure(max_array_size=2, cleanup_on_success=False)
+    dropper, marker = _drop_during_submission(
+        on_slurm,
+        monkeypatch,
+        lambda script, original: "sleep 3; false" if script == "job-1.sh" else original,
+    )
+    try:
+        with pytest.raises(ConnectionFailedError, match="were cancelled") as info:
+            wait_and_return.map([30] * 4, ["never"] * 4, chunksize=1)
+    finally:
+        dropper.join(timeout=10)
+        on_slurm.transport().run(f"rm -rf {shlex.quote(marker)}")
+    accepted = re.search(r"accepted \(([^)]*)\)", str(info.value)).group(1)
+    squeue = f"squeue -h -r -j {shlex.quote(accepted)} -t PENDING,RUNNING"
+    assert wait_for(lambda: output_of(on_slurm.transport(), squeue) == "", 30, 0.5)
+    (job,) = clustrix.jobs(limit=1, states=None)
+    assert job.record.state == "FAILED"
+    # A part that had not started yet will not start later either.
+    assert _remote_exists(on_slurm, f"{job.record.remote_folder}/submission-abandoned")
