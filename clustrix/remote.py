@@ -344,7 +344,7 @@ class RemoteBackend:
         quoted = shlex.quote(folder)
         files = " ".join(_submitted_file(n) for n in range(parts))
         # Whether the submitting shell still runs, then a line per part: its last output
-        # line, or "-" while it has printed nothing.
+        # line, or "-" while it has printed nothing. No folder: nothing ran, no line.
         report = (
             f"cd {quoted} 2>/dev/null || exit 0; "
             f'if kill -0 "$(cat {_SUBMITTING_PID} 2>/dev/null)" 2>/dev/null; '
@@ -353,11 +353,11 @@ class RemoteBackend:
         )
         started = time.monotonic()
         lines: list[str] = []
+        answered = running = False
         while True:
-            running = False
             with contextlib.suppress(ClustrixError, OSError):
                 answer = self.transport.run(report, check=False).stdout.splitlines()
-                running, lines = answer[:1] == ["running"], answer[1:]
+                answered, running, lines = True, answer[:1] == ["running"], answer[1:]
             if len(lines) == parts and "-" not in lines:
                 logger.warning(
                     "the connection to %s dropped during a submission; the scheduler had "
@@ -369,27 +369,35 @@ class RemoteBackend:
             if waited > _SUBMISSION_PATIENCE or (waited > _SUBMISSION_GRACE and not running):
                 break
             time.sleep(1.0)
+        lost = f"the connection to {self.transport.where} dropped during a submission"
+        if not answered:
+            raise ConnectionFailedError(
+                f"{lost} and could not be reopened, so whether the scheduler accepted it is "
+                f"unknown: look in the queue (its job folder is {folder})"
+            )
         accepted = [self.scheduler.parse_job_id(line) for line in lines if line != "-"]
+        cancel = self.scheduler.cancel_command(accepted) if accepted else "true"
+        abandoned = False
         with contextlib.suppress(ClustrixError, OSError):
-            cancel = self.scheduler.cancel_command(accepted) if accepted else "true"
             # The folder existing also stops a submission that has not even started.
             self.transport.run(
                 f"mkdir -p -m 700 {quoted} && touch {quoted}/{_ABANDONED}; {cancel}", check=False
             )
+            abandoned = True
+        if not accepted:
+            outcome = "no part of it had been accepted"
+        elif abandoned:
+            outcome = f"the parts it had accepted ({', '.join(accepted)}) were cancelled"
+        else:
+            outcome = f"cancel the parts it had accepted yourself: {cancel}"
+        late = (
+            f" (a part still being submitted after {_SUBMISSION_PATIENCE:g} s may yet start: "
+            "look in the queue)"
+            if running
+            else ""
+        )
         raise ConnectionFailedError(
-            f"the connection to {self.transport.where} dropped during a submission, and the "
-            f"scheduler's answer could not be read back from {folder}; "
-            + (
-                f"the parts it had accepted ({', '.join(accepted)}) were cancelled"
-                if accepted
-                else "no part of it had been accepted"
-            )
-            + (
-                " (a part still being submitted after "
-                f"{_SUBMISSION_PATIENCE:g} s may yet start: look in the queue)"
-                if running
-                else ""
-            )
+            f"{lost}, and not every part's answer could be read back from {folder}; {outcome}{late}"
         )
 
     def _new_job(
