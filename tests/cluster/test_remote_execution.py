@@ -469,9 +469,9 @@ def test_a_connection_that_hangs_while_a_call_waits_is_replaced(on_slurm, monkey
     assert new_port != client_port, "the result came over a new connection"
 
 
-def _drop_during_submission(on_slurm, monkeypatch, submit_for):
+def _drop_during_submission(on_slurm, monkeypatch, submit_for, then=None):
     """Make each part's submission run ``submit_for(script, original)`` and drop the backend's
-    connection while the first part is being submitted."""
+    connection while the first part is being submitted (then call ``then(transport)``)."""
     backend = backend_for(clustrix.get_config())
     marker = f"{on_slurm.transport().home()}/clustrix-submitting-{os.getpid()}"
     original = type(backend.scheduler).submit_command
@@ -485,6 +485,8 @@ def _drop_during_submission(on_slurm, monkeypatch, submit_for):
 
     def drop_when_submitting() -> None:
         if wait_for(lambda: _remote_exists(on_slurm, marker), 120, 0.2):
+            if then is not None:
+                then(backend.transport)
             backend.transport._client.get_transport().close()
 
     dropper = threading.Thread(target=drop_when_submitting, daemon=True)
@@ -532,3 +534,29 @@ def test_a_dropped_submission_that_cannot_be_confirmed_leaves_nothing_running(
     assert job.record.state == "FAILED"
     # A part that had not started yet will not start later either.
     assert _remote_exists(on_slurm, f"{job.record.remote_folder}/submission-abandoned")
+
+
+def test_a_dropped_submission_that_cannot_reconnect_says_the_outcome_is_unknown(
+    on_slurm, monkeypatch
+):
+    monkeypatch.setattr(clustrix.remote, "_SUBMISSION_GRACE", 2.0)
+
+    def unreachable(transport) -> None:
+        def refuse():
+            raise ConnectionFailedError("cannot connect: the network is gone")
+
+        monkeypatch.setattr(transport, "_connect", refuse)
+
+    dropper, marker = _drop_during_submission(
+        on_slurm, monkeypatch, lambda script, original: f"sleep 2; {original}", unreachable
+    )
+    try:
+        with pytest.raises(ConnectionFailedError, match="could not be reopened") as info:
+            wait_and_return.submit(1, "unknown")
+    finally:
+        dropper.join(timeout=10)
+        on_slurm.transport().run(f"rm -rf {shlex.quote(marker)}")
+    assert "whether the scheduler accepted it is unknown" in str(info.value)
+    (job,) = clustrix.jobs(limit=1, states=None)
+    assert job.record.state == "FAILED"
+    assert job.record.remote_folder in str(info.value)
