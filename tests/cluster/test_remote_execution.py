@@ -471,7 +471,10 @@ def test_a_connection_that_hangs_while_a_call_waits_is_replaced(on_slurm, monkey
 
 def _drop_during_submission(on_slurm, monkeypatch, submit_for, then=None):
     """Make each part's submission run ``submit_for(script, original)`` and drop the backend's
-    connection while the first part is being submitted (then call ``then(transport)``)."""
+    connection while the first part is being submitted (then call ``then(transport)``).
+
+    The drop follows the first part's start within a second or so; the slowed parts sleep
+    long enough for that on a busy machine."""
     backend = backend_for(clustrix.get_config())
     marker = f"{on_slurm.transport().home()}/clustrix-submitting-{os.getpid()}"
     original = type(backend.scheduler).submit_command
@@ -496,7 +499,7 @@ def _drop_during_submission(on_slurm, monkeypatch, submit_for, then=None):
 
 def test_a_submission_whose_connection_drops_is_still_tracked(on_slurm, monkeypatch, caplog):
     dropper, marker = _drop_during_submission(
-        on_slurm, monkeypatch, lambda script, original: f"sleep 3; {original}"
+        on_slurm, monkeypatch, lambda script, original: f"sleep 6; {original}"
     )
     try:
         future = wait_and_return.submit(1, "submitted anyway")
@@ -519,7 +522,7 @@ def test_a_dropped_submission_that_cannot_be_confirmed_leaves_nothing_running(
     dropper, marker = _drop_during_submission(
         on_slurm,
         monkeypatch,
-        lambda script, original: "sleep 3; false" if script == "job-1.sh" else original,
+        lambda script, original: "sleep 6; false" if script == "job-1.sh" else original,
     )
     try:
         with pytest.raises(ConnectionFailedError, match="were cancelled") as info:
@@ -548,7 +551,7 @@ def test_a_dropped_submission_that_cannot_reconnect_says_the_outcome_is_unknown(
         monkeypatch.setattr(transport, "_connect", refuse)
 
     dropper, marker = _drop_during_submission(
-        on_slurm, monkeypatch, lambda script, original: f"sleep 2; {original}", unreachable
+        on_slurm, monkeypatch, lambda script, original: f"sleep 5; {original}", unreachable
     )
     try:
         with pytest.raises(ConnectionFailedError, match="could not be reopened") as info:
