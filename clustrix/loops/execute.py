@@ -115,6 +115,12 @@ class _Launch:
     pool: ProcessPoolExecutor
     workers: int
 
+    def cancel_from(self, position: int) -> None:
+        """Cancel the chunks from ``position`` on that have not started."""
+        for _, future in self.chunks[position:]:
+            if future is not None:
+                future.cancel()
+
 
 def _replay(events: list, exc: BaseException | None) -> Iterator[tuple[int, Any]]:
     yield from events
@@ -146,21 +152,17 @@ class Plan:
             try:
                 data = future.result() if future is not None else None
             except BrokenProcessPool:
-                self._cancel_after(position)
+                assert self._launch is not None
+                self._launch.cancel_from(position + 1)
                 raise self._crashed(position) from None
             if data is None:
                 assert self._chunk is not None
                 events, exc = self._chunk(items, self._ro)
             else:
                 events, exc = cloudpickle.loads(data)
-            if exc is not None:
-                self._cancel_after(position)
+            if exc is not None and self._launch is not None:
+                self._launch.cancel_from(position + 1)
             yield from _replay(events, exc)
-
-    def _cancel_after(self, position: int) -> None:
-        for _, later in self._chunks[position + 1 :]:
-            if later is not None:
-                later.cancel()
 
     def _crashed(self, position: int) -> WorkerCrashedError:
         """A worker died in a chunk: as in sequential code, nothing after it can be trusted."""
@@ -217,9 +219,7 @@ class _Probe:
         if self._launch is None:
             return None
         if failed:
-            for _, future in self._launch.chunks:
-                if future is not None:
-                    future.cancel()
+            self._launch.cancel_from(0)
         else:
             self._launch.release()  # the caller's core is free again: start the held chunks
         return self._launch
