@@ -126,6 +126,13 @@ FIELD_SPECS: dict[str, FieldSpec] = {
     "job_poll_interval": FieldSpec(
         "float", "Longest wait in seconds between two status checks.", minimum=0.05
     ),
+    "status_check_patience": FieldSpec(
+        "float",
+        "Seconds status checks may keep failing (the scheduler or the connection down) "
+        "before the calls waiting on them fail with the last error; the jobs are left alone "
+        "and can be re-attached with get_job.",
+        minimum=1,
+    ),
     "cleanup_on_success": FieldSpec(
         "bool", "Delete a job's remote folder after its result is fetched."
     ),
@@ -192,6 +199,7 @@ class ClusterConfig:
     auto_parallel: bool = False
     max_parallel_jobs: int = 100
     job_poll_interval: float = 5.0
+    status_check_patience: float = 600.0
     cleanup_on_success: bool = True
     prefer_local_parallel: bool = False
     local_parallel_threshold: float = 0.1

@@ -149,6 +149,8 @@ class RemoteJob:
     func: Any
     tasks: list[Task]
     poll_interval: float
+    #: Seconds status checks may fail in a row before the job's waiting calls fail.
+    status_patience: float
     cleanup_on_success: bool
     echo_output: bool
     store: Any  # the JobStore recording this job
@@ -162,6 +164,8 @@ class RemoteJob:
     next_check: float = 0.0
     any_failed: bool = False
     recorded_final: bool = False  # the store holds the job's final state
+    #: When status checks of this job started failing in a row (monotonic), else None.
+    failing_since: float | None = None
 
     def pending_tasks(self) -> list[Task]:
         return [task for task in self.tasks if not task.done]

@@ -43,6 +43,7 @@ from .errors import (
     JobOutOfMemoryError,
     JobTimeoutError,
     NodeFailureError,
+    SchedulerUnavailableError,
 )
 from .futures import ClusterFuture, mark_cancelled
 from .job_runtime import shipped_runtime
@@ -426,6 +427,7 @@ class RemoteBackend:
             func=func,
             tasks=tasks,
             poll_interval=config.job_poll_interval,
+            status_patience=config.status_check_patience,
             cleanup_on_success=config.cleanup_on_success,
             echo_output=config.echo_job_output,
             store=self.store(config),
@@ -579,6 +581,8 @@ class RemoteBackend:
             try:
                 self.poll(jobs)
                 failures = 0
+                for job in jobs:
+                    job.failing_since = None
             except Exception as exc:  # the connection, mostly: keep every job, try again
                 failures += 1
                 logger.warning(
@@ -587,9 +591,32 @@ class RemoteBackend:
                     self.transport.where,
                     exc,
                 )
+                self._after_failed_check(jobs, exc, failures)
+
+    def _after_failed_check(self, jobs: list[RemoteJob], error: Exception, failures: int) -> None:
+        """Retry soon, backing off; a job whose checks have failed for longer than its
+        ``status_check_patience`` stops being watched and its waiting calls fail with the
+        last error, so that nothing waits forever on a scheduler that never answers."""
+        now = time.monotonic()
+        for job in jobs:
+            if job.failing_since is None:
+                job.failing_since = now
+            if now - job.failing_since < job.status_patience:
                 with self._lock:
-                    for job in jobs:
-                        job.next_check = time.monotonic() + min(job.poll_interval, 0.5 * failures)
+                    job.next_check = now + min(job.poll_interval, 0.5 * failures)
+                continue
+            self._forget(job)
+            message = (
+                f"the status of job {job.job_id} on {self.transport.where} could not be checked "
+                f"for {now - job.failing_since:.0f} s (status_check_patience); last error: "
+                f"{error}. The job itself was left alone: once the cluster answers again, "
+                f"clustrix.get_job({job.job_id!r}) re-attaches to it"
+            )
+            job.store.update(job.job_id, message=message[:2000])
+            for task in job.pending_tasks():
+                task.done = True
+                for future in task.futures:
+                    _settle(future, False, SchedulerUnavailableError(message))
 
     def poll(self, jobs: list[RemoteJob]) -> None:
         """One round trip: the scheduler's view of every job, and finished tasks' results.

@@ -74,7 +74,10 @@ def run_calls(func: Any, calls: list[tuple[tuple, dict]]) -> dict[str, Any]:
             # Re-raising SystemExit on the client would end the caller's program; report it.
             code = exc.code if isinstance(exc.code, int) else 1
             outcomes.append((False, _failure(exc, exit_code=code)))
-        except Exception as exc:
+        except BaseException as exc:
+            # KeyboardInterrupt, asyncio.CancelledError, GeneratorExit...: the failure of
+            # this one call, raised again by the caller; the batch's other calls still run
+            # and keep their results.
             outcomes.append((False, _failure(exc)))
     return {
         "host": socket.gethostname(),

@@ -54,6 +54,7 @@ _SUBJOB = re.compile(r"^(\d+)\[(\d+)\]$")
 # qstat lines that only say a job is gone or finished, not that the server is unreachable.
 _HARMLESS = re.compile(r"unknown job|has finished|does not exist|no such job", re.IGNORECASE)
 # Tried in turn: history (PBS Pro -x; Torque's -x is XML, skipped), subjobs (-t), plain.
+_QSTAT_START = "--clustrix-qstat--"
 _QSTAT_OPTIONS = ("-f -x -t", "-f -t", "-f")
 _UNSUPPORTED = '"<"*|*[Uu]nknown\\ option*|*[Ii]nvalid\\ option*|*[Ii]llegal\\ option*|*[Uu]sage:*'
 
@@ -197,15 +198,18 @@ class PbsScheduler(Scheduler):
         # Finished jobs are in the history (-x) only: asked for in a detailed look.
         choices = _QSTAT_OPTIONS if detailed else _QSTAT_OPTIONS[1:]
         options = " ".join(shlex.quote(choice) for choice in choices)
+        # qstat's answer is framed by a marker, so that text a login shell adds before it
+        # can never be read as qstat's.
         return (
             f"for o in {options}; do out=$({qstat} $o {ids} 2>&1); "
             f'case "$out" in {_UNSUPPORTED}) continue;; esac; break; done; '
-            "printf '%s\\n' \"$out\""
+            f"echo {_QSTAT_START}; printf '%s\\n' \"$out\""
         )
 
     def parse_status(self, output: str, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         wanted = {short_id(job_id): job_id for job_id in job_ids}
-        blocks, stray = parse_qstat_full(output)
+        _, marker, framed = output.partition(_QSTAT_START)
+        blocks, stray = parse_qstat_full(framed if marker else output)
         unexplained = [line for line in stray if not _HARMLESS.search(line)]
         if unexplained and not blocks:
             raise SchedulerUnavailableError(f"qstat failed: {' / '.join(unexplained[-3:])}")

@@ -41,6 +41,7 @@ from ..errors import SchedulerUnavailableError
 from ..resources import Resources, format_clock
 from .base import JobState, JobStatus, Scheduler, ScriptContext, clock_seconds, plain_job_name
 
+_QSTAT_START = "--clustrix-qstat--"
 _QSTAT_EXIT = "--clustrix-qstat-exit--"
 _JOB_MARK = "--clustrix-sge-job--"
 _ACCOUNTING_WAIT = 2  # seconds, once per detailed look, for qmaster to flush accounting
@@ -131,8 +132,8 @@ class SgeScheduler(Scheduler):
         # qstat lists the user's queued and running jobs (and array task ranges) in one call;
         # its exit status tells "no such jobs" (0, empty) from "qmaster unreachable".
         command = (
-            f'q=$(qstat -u "$(id -un)" 2>&1); rc=$?; printf \'%s\\n\' "$q"; '
-            f'echo "{_QSTAT_EXIT} $rc"'
+            f'q=$(qstat -u "$(id -un)" 2>&1); rc=$?; echo {_QSTAT_START}; '
+            f'printf \'%s\\n\' "$q"; echo "{_QSTAT_EXIT} $rc"'
         )
         if detailed:
             # Finished jobs are only in the accounting file, one qacct call per job (each
@@ -152,7 +153,9 @@ class SgeScheduler(Scheduler):
 
     def parse_status(self, output: str, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         wanted = set(job_ids)
-        queue_part, marker, detail_part = output.partition(_QSTAT_EXIT)
+        # Only what follows the start marker is qstat's: a login shell may print before it.
+        before, started, framed = output.partition(_QSTAT_START)
+        queue_part, marker, detail_part = (framed if started else before).partition(_QSTAT_EXIT)
         exit_code = detail_part.split("\n", 1)[0].strip()
         if marker and exit_code != "0":
             raise SchedulerUnavailableError(f"qstat failed: {_tail(queue_part)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
@@ -38,6 +39,13 @@ _STATES = {
     "SPECIAL_EXIT": JobState.FAILED,
 }
 _SECTION = "--clustrix-section--"
+_QUEUE_START = "--clustrix-squeue--"
+_QUEUE_EXIT = "--clustrix-squeue-exit"
+# A line of squeue or sacct output: "123|RUNNING|...", "123_4|...", "123_[5-9%2]|...",
+# "123.batch|..." (sacct steps, ignored by the lookups). Nothing else is a job's line.
+_RECORD = re.compile(r"^\d+(?:_(?:\d+|\[[^\]]*\]))?(?:\.[\w+-]+)?\|")
+# squeue's own complaints start with its name or the library call that failed.
+_COMPLAINT = re.compile(r"^(?:squeue|slurm_\w+)(?::| error)", re.IGNORECASE)
 
 
 def parse_state(text: str) -> JobState:
@@ -135,9 +143,12 @@ class SlurmScheduler(Scheduler):
         # squeue knows queued, running and recently ended jobs in milliseconds. sacct (when
         # accounting is on) knows exit codes and jobs squeue has forgotten, but costs a
         # database query: it runs only for a detailed look at jobs that ended without result.
+        # squeue's answer is framed by markers, its exit status included, so that text a
+        # login shell or a site wrapper adds can never be read as squeue's.
         command = (
+            f"echo {_QUEUE_START}; "
             f"squeue --noheader --array --states=all --format='%i|%T|%r' --jobs={ids} 2>&1; "
-            f"echo {_SECTION}; "
+            f'echo "{_QUEUE_EXIT} $?"; echo {_SECTION}; '
         )
         if detailed:
             command += (
@@ -148,31 +159,55 @@ class SlurmScheduler(Scheduler):
 
     def parse_status(self, output: str, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         queue_part, _, accounting_part = output.partition(_SECTION)
-        for line in queue_part.splitlines():
-            # "Invalid job id" only means the queue forgot finished jobs; anything else (the
-            # controller down, say) must not be mistaken for jobs that vanished.
-            if "error" in line.lower() and "invalid job id" not in line.lower():
-                raise SchedulerUnavailableError(f"squeue failed: {line.strip()}")
+        queue_lines, exit_code = _framed(queue_part)
+        _raise_if_unavailable(queue_lines, exit_code)
         statuses: dict[str, JobStatus] = {}
-        for line in accounting_part.strip().splitlines():
-            fields = line.split("|")
-            if len(fields) >= 3:
-                code = fields[2].split(":")[0]
-                statuses[fields[0]] = JobStatus(
-                    parse_state(fields[1]), int(code) if code.isdigit() else None, fields[1]
-                )
-        for line in queue_part.strip().splitlines():
-            fields = line.split("|")
-            if len(fields) >= 2:
-                # squeue is current (sacct can lag a second or two); only sacct has exit codes.
-                known = statuses.get(fields[0])
-                statuses[fields[0]] = JobStatus(
-                    parse_state(fields[1]),
-                    known.exit_code if known else None,
-                    fields[2] if len(fields) > 2 else "",
-                )
+        for fields in _records(accounting_part):
+            code = fields[2].split(":")[0] if len(fields) > 2 else ""
+            statuses[fields[0]] = JobStatus(
+                parse_state(fields[1]), int(code) if code.isdigit() else None, fields[1]
+            )
+        for fields in _records("\n".join(queue_lines)):
+            # squeue is current (sacct can lag a second or two); only sacct has exit codes.
+            known = statuses.get(fields[0])
+            statuses[fields[0]] = JobStatus(
+                parse_state(fields[1]),
+                known.exit_code if known else None,
+                fields[2] if len(fields) > 2 else "",
+            )
         # Array elements keep their own "<id>_<n>" keys; requested ids nobody knows are UNKNOWN.
         return {job_id: JobStatus(JobState.UNKNOWN) for job_id in job_ids} | statuses
 
     def cancel_command(self, job_ids: list[str]) -> str:
         return "scancel " + " ".join(shlex.quote(job_id) for job_id in job_ids)
+
+
+def _framed(text: str) -> tuple[list[str], int | None]:
+    """The lines between squeue's markers and its exit status (None if unmarked: then the
+    whole text, as older status commands printed it)."""
+    start, marker, rest = text.partition(_QUEUE_START)
+    body = rest if marker else start
+    body, marker, after = body.partition(_QUEUE_EXIT)
+    code = after.split()[0] if marker and after.split() else ""
+    return body.splitlines(), int(code) if code.lstrip("-").isdigit() else None
+
+
+def _raise_if_unavailable(lines: list[str], exit_code: int | None) -> None:
+    """Raise when squeue failed for another reason than jobs it has forgotten.
+
+    "Invalid job id" only means the queue forgot finished jobs; anything else (the controller
+    down, say) must not be mistaken for jobs that vanished.
+    """
+    complaints = [line.strip() for line in lines if _COMPLAINT.match(line.strip())]
+    serious = [line for line in complaints if "invalid job id" not in line.lower()]
+    if exit_code not in (None, 0) and not serious and not complaints:
+        serious = [line.strip() for line in lines if line.strip()][-3:] or [
+            f"squeue exited with {exit_code} and printed nothing"
+        ]
+    if serious:
+        raise SchedulerUnavailableError(f"squeue failed: {' / '.join(serious[-3:])}")
+
+
+def _records(text: str) -> list[list[str]]:
+    """The ``|``-separated fields of each job line, other lines skipped."""
+    return [line.strip().split("|") for line in text.splitlines() if _RECORD.match(line.strip())]
