@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
     calls_bytes = (job_dir / f"calls-{task}.pkl").read_bytes()
     try:
         data = run_pickled_batch(function_bytes, calls_bytes)
-    except Exception as exc:  # unpickling failed: a module missing in this environment, say
+    except BaseException as exc:  # unpickling failed: a module missing here, say
         message = f"could not load the function or its arguments: {type(exc).__name__}: {exc}"
         data = _setup_failure(message, "clustrix.PayloadError", traceback.format_exc())
         print(f"clustrix runner: {message}", file=sys.stderr)
