@@ -133,7 +133,15 @@ class AuthenticationError(ClustrixError):
 
 
 class SchedulerUnavailableError(ClustrixError):
-    """The scheduler did not answer a status query; the query is retried."""
+    """The scheduler did not answer a status query.
+
+    Checks are retried; once they have failed for ``status_check_patience`` seconds, the calls
+    waiting on them fail with this error (the jobs are left alone).
+    """
+
+
+class ResultsCollectedElsewhereError(ClustrixError):
+    """Another process collected the job's results and removed its folder."""
 
 
 class HostKeyError(ClustrixError):

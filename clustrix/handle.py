@@ -95,9 +95,8 @@ class Job:
         if record.state in FINAL_STATES or not record.submissions:
             return record.state
         job = self._job()
-        backend = backend_for(self._config())
         if job.pending_tasks():
-            backend.poll([job])
+            backend_for(self._config()).refresh(job)
         return self.record.state
 
     def result(self, timeout: float | None = None) -> Any:

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from .errors import (
     JobOutOfMemoryError,
     JobTimeoutError,
     NodeFailureError,
+    ResultsCollectedElsewhereError,
     SchedulerUnavailableError,
 )
 from .futures import ClusterFuture, mark_cancelled
@@ -69,7 +71,7 @@ from .payload import (
 from .resources import Resources
 from .schedulers import JobState, JobStatus, Scheduler, ScriptContext, scheduler_for
 from .schedulers.base import ArraySpec, setup_lines
-from .store import JobRecord, JobStore
+from .store import FINAL_STATES, JobRecord, JobStore
 from .transport.base import Transport
 from .transport.local import LocalTransport
 
@@ -116,6 +118,9 @@ _EXPLANATIONS = {
     JobState.COMPLETED: "ended without writing a result",
     JobState.UNKNOWN: "is no longer known to the scheduler and left no result",
 }
+# A future and what to settle it with: (future, True, value) or (future, False, exception).
+_Settlement = tuple[ClusterFuture, bool, Any]
+_CANCELLATIONS = (CancelledError, JobCancelledError)
 # Settings a later process needs to reach a job's cluster again (never the password).
 CONNECTION_SETTINGS = (
     "cluster_type",
@@ -173,6 +178,8 @@ class RemoteBackend:
         self._ready_environments: set[str] = set()
         self._environment_locks: dict[str, threading.Lock] = {}
         self._stores: dict[str, JobStore] = {}
+        # One status check at a time: the polling thread's and a caller's (``refresh``).
+        self._checking = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<RemoteBackend {self.scheduler.name} at {self.transport.where}>"
@@ -618,12 +625,32 @@ class RemoteBackend:
                 for future in task.futures:
                     _settle(future, False, SchedulerUnavailableError(message))
 
+    def refresh(self, job: RemoteJob) -> None:
+        """Bring ``job`` up to date with the scheduler now, for a caller asking its status.
+
+        A task that ended without a result is looked at a few times before it is declared
+        failed (a result may take a moment to appear on a shared file system); this waits
+        for those looks, so that the answer is how the job stands, not a step behind.
+        """
+        deadline = time.monotonic() + 30
+        self.poll([job])
+        while (
+            any(task.missing_result_checks for task in job.pending_tasks())
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
+            self.poll([job])
+
     def poll(self, jobs: list[RemoteJob]) -> None:
         """One round trip: the scheduler's view of every job, and finished tasks' results.
 
         Results up to ``_INLINE_LIMIT`` bytes come back in the same output (base64 of a tar
         with the task's logs), so collecting a short call costs no extra round trip.
         """
+        with self._checking:
+            self._poll_locked(jobs)
+
+    def _poll_locked(self, jobs: list[RemoteJob]) -> None:
         submissions = {
             task.submission.scheduler_id: job.folder
             for job in jobs
@@ -662,6 +689,7 @@ class RemoteBackend:
         now: float,
     ) -> None:
         retry: list[Task] = []
+        settlements: list[_Settlement] = []
         for task in job.pending_tasks():
             if all(future.done() for future in task.futures):
                 task.done = True  # cancelled by the user meanwhile
@@ -671,7 +699,7 @@ class RemoteBackend:
                 files = collected[key]
                 if files is None:  # too large to inline: fetch it on its own
                     files = self._fetch(job, [result_file(task.index), *_logs(task.index)])
-                self._collect(job, task, files)
+                settlements += self._collect(job, task, files)
                 continue
             assert task.submission is not None
             status = statuses.get(
@@ -690,16 +718,21 @@ class RemoteBackend:
             if status.state in _RETRIED_STATES and task.attempts <= job.retries:
                 retry.append(task)
             else:
-                self._fail_task(job, task, status)
+                settlements += self._fail_task(job, task, status)
         if retry:
             self._resubmit(job, retry)
         if any(t.missing_result_checks for t in job.pending_tasks()):
             job.next_check = now + 0.5
         else:
             job.schedule_next_check(now)
-        self._finish_if_done(job)
+        # The store learns how the job ended before anyone waiting on these results does: a
+        # caller may read it, or exit, as soon as its last future is settled.
+        self._finish_if_done(job, settlements)
+        for future, ok, value in settlements:
+            _settle(future, ok, value)
 
-    def _collect(self, job: RemoteJob, task: Task, files: Mapping[str, bytes]) -> None:
+    def _collect(self, job: RemoteJob, task: Task, files: Mapping[str, bytes]) -> list[_Settlement]:
+        """The outcomes of a task whose result arrived (none if it is run again)."""
         self._remember_logs(job, task, files)
         where = (
             f"{self.scheduler.name} job {task.submission.scheduler_id if task.submission else '?'}"
@@ -718,18 +751,22 @@ class RemoteBackend:
         ):
             # Asked for: run the task again (all its calls; they are one process).
             self._resubmit(job, [task])
-            return
+            return []
         task.done = True
-        if not job.pending_tasks():
-            # Record the final state before the last results are handed over: whoever waits on
-            # them may read the job store at once.
-            self._finish_if_done(job, unsettled=[ok for ok, _ in outcomes])
-        for future, (ok, value) in zip(task.futures, outcomes, strict=True):
+        for future, (ok, _) in zip(task.futures, outcomes, strict=True):
             future.attempts = task.attempts
             job.any_failed |= not ok
-            _settle(future, ok, value)
+        return [(f, ok, value) for f, (ok, value) in zip(task.futures, outcomes, strict=True)]
 
-    def _fail_task(self, job: RemoteJob, task: Task, status: JobStatus) -> None:
+    def _fail_task(self, job: RemoteJob, task: Task, status: JobStatus) -> list[_Settlement]:
+        """The failures of a task that ended without a result."""
+        task.done = True
+        job.any_failed = True
+        for future in task.futures:
+            future.attempts = task.attempts
+        elsewhere = self._delivered_elsewhere(job)
+        if elsewhere is not None:
+            return [(future, False, elsewhere) for future in task.futures]
         files = self._fetch(job, [*_logs(task.index), "scheduler.log"])
         self._remember_logs(job, task, files)
         scheduler_log = files.get("scheduler.log", b"").decode(errors="replace")
@@ -739,25 +776,35 @@ class RemoteBackend:
         scheduler_id = task.submission.scheduler_id if task.submission else "?"
         where = f"task {task.index} of " if len(job.tasks) > 1 else ""
         stderr = "\n".join(filter(None, [task.stderr or "", scheduler_log]))
-        task.done = True
-        job.any_failed = True
-        for future in task.futures:
-            future.attempts = task.attempts
-            _settle(
-                future,
-                False,
-                error_class(
-                    f"{where}{self.scheduler.name} job {scheduler_id} running {job.name!r} "
-                    f"{_EXPLANATIONS.get(state, 'failed')}{reason}; its files are kept in "
-                    f"{job.folder} on {self.transport.where}",
-                    job_id=job.job_id,
-                    state=state.value,
-                    exit_code=status.exit_code,
-                    host=self.transport.where,
-                    stdout_tail=_tail(task.stdout or "", 20),
-                    stderr_tail=_tail(stderr, 20),
-                ),
-            )
+        error = error_class(
+            f"{where}{self.scheduler.name} job {scheduler_id} running {job.name!r} "
+            f"{_EXPLANATIONS.get(state, 'failed')}{reason}; its files are kept in "
+            f"{job.folder} on {self.transport.where}",
+            job_id=job.job_id,
+            state=state.value,
+            exit_code=status.exit_code,
+            host=self.transport.where,
+            stdout_tail=_tail(task.stdout or "", 20),
+            stderr_tail=_tail(stderr, 20),
+        )
+        return [(future, False, error) for future in task.futures]
+
+    def _delivered_elsewhere(self, job: RemoteJob) -> ClustrixError | None:
+        """The error for a missing result that another process collected, if one did.
+
+        Two processes may wait for the same job (the submitter and a ``get_job`` handle);
+        the first to collect every result removes the folder (cleanup_on_success), and the
+        job store says so. The other must not report the job as having failed.
+        """
+        record = job.store.get(job.job_id)
+        if record is None or record.state not in FINAL_STATES:
+            return None
+        return ResultsCollectedElsewhereError(
+            f"job {job.job_id} ended {record.state} and its results were collected by "
+            f"another process ({record.message or 'see clustrix job ' + job.job_id}); "
+            "they are no longer in its folder. Keep cleanup_on_success=False to read a job's "
+            "results from several processes"
+        )
 
     def _resubmit(self, job: RemoteJob, tasks: list[Task]) -> None:
         """Submit failed tasks again (node failures, preemption), reusing the job folder."""
@@ -781,9 +828,9 @@ class RemoteBackend:
             for future in task.futures:
                 future.attempts = task.attempts
 
-    def _finish_if_done(self, job: RemoteJob, unsettled: Sequence[bool] = ()) -> None:
-        """Record the job's final state once no task is pending; ``unsettled`` are the
-        success flags of results about to be handed to their futures."""
+    def _finish_if_done(self, job: RemoteJob, settling: Sequence[_Settlement] = ()) -> None:
+        """Record the job's final state once no task is pending; ``settling`` are the
+        outcomes about to be handed to their futures."""
         if job.pending_tasks():
             running = any(t.state is JobState.RUNNING for t in job.tasks)
             if running:
@@ -793,12 +840,22 @@ class RemoteBackend:
             return
         job.recorded_final = True
         self._forget(job)
-        settled = [f for t in job.tasks for f in t.futures if f.done()]
-        failed = sum(1 for f in settled if f.cancelled() or f.exception()) + unsettled.count(False)
-        cancelled = not unsettled and all(f.cancelled() for t in job.tasks for f in t.futures)
-        state = "CANCELLED" if cancelled else "FAILED" if failed else "COMPLETED"
-        job.store.update(job.job_id, state=state, finished=time.time(), failed_items=failed)
-        if state == "COMPLETED" and job.cleanup_on_success:
+        errors = [None if ok else value for _, ok, value in settling]
+        errors += [
+            CancelledError() if future.cancelled() else future.exception()
+            for task in job.tasks
+            for future in task.futures
+            if future.done()
+        ]
+        failed = sum(error is not None for error in errors)
+        cancelled = sum(isinstance(error, _CANCELLATIONS) for error in errors)
+        # Cancelled (by the user, or by the scheduler's scancel/qdel) is cancelled, unless
+        # some call failed for another reason.
+        state = "FAILED" if failed > cancelled else "CANCELLED" if cancelled else "COMPLETED"
+        recorded = job.store.update(
+            job.job_id, state=state, finished=time.time(), failed_items=failed
+        )
+        if recorded and state == "COMPLETED" and job.cleanup_on_success:
             self.transport.run(f"rm -rf {shlex.quote(job.folder)}", check=False)
             job.store.update(job.job_id, message="result delivered; remote folder removed")
 

@@ -130,17 +130,27 @@ class JobStore:
         with self._connect() as connection:
             connection.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", values)
 
-    def update(self, job_id: str, **changes: Any) -> None:
+    def update(self, job_id: str, **changes: Any) -> bool:
+        """Change a job's record; whether it was changed.
+
+        A final state is never replaced: several processes may watch one job, and the first
+        to learn how it ended writes it down. A change of ``state`` to a job already in a
+        final state changes nothing (returns False); other changes always apply.
+        """
         changes["updated"] = time.time()
         for name in ("task_sizes", "connection", "submissions"):
             if name in changes:
                 changes[name] = json.dumps(changes[name])
         assignments = ", ".join(f"{name} = :{name}" for name in changes)
+        condition = "job_id = :job_id"
+        if "state" in changes:
+            condition += f" AND state NOT IN ({', '.join(repr(s) for s in FINAL_STATES)})"
         with self._connect() as connection:
-            connection.execute(
-                f"UPDATE jobs SET {assignments} WHERE job_id = :job_id",
+            cursor = connection.execute(
+                f"UPDATE jobs SET {assignments} WHERE {condition}",
                 {**changes, "job_id": job_id},
             )
+            return cursor.rowcount > 0
 
     def add_submission(self, job_id: str, submission: Mapping[str, Any]) -> None:
         """Append a submission atomically (concurrent retries must not lose one another)."""

@@ -1,0 +1,163 @@
+"""The job store tells the truth: several watchers, jobs ended while nobody watched (SLURM)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import clustrix
+from clustrix import cluster
+from clustrix.errors import JobCancelledError, ResultsCollectedElsewhereError
+from clustrix.remote import backend_for
+from clustrix.store import JobStore
+
+from .conftest import output_of, wait_for
+
+
+def _environ(test_cluster, cluster_type="slurm"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTRIX_")}
+    env.update(test_cluster.environ(cluster_type), HOME=os.environ["HOME"])
+    return env
+
+
+def _submitter(test_cluster, body: str) -> subprocess.Popen:
+    """A process that runs ``body`` (with ``slow`` defined) and prints the job id first."""
+    source = textwrap.dedent(
+        """
+        import sys, time, clustrix
+
+        @clustrix.cluster(time="00:10:00")
+        def slow(x, seconds):
+            import time
+            time.sleep(seconds)
+            return x * x
+        """
+    ) + textwrap.dedent(body)
+    return subprocess.Popen(
+        [sys.executable, "-c", source],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environ(test_cluster),
+    )
+
+
+def _slow_status_checks(monkeypatch, seconds: float) -> None:
+    """This process's status checks each start ``seconds`` late."""
+    scheduler_class = type(backend_for(clustrix.get_config()).scheduler)
+    original = scheduler_class.status_command
+    monkeypatch.setattr(
+        scheduler_class,
+        "status_command",
+        lambda self, jobs, detailed=False: f"sleep {seconds}; " + original(self, jobs, detailed),
+    )
+
+
+def test_a_second_watcher_is_told_the_results_went_elsewhere_not_that_the_job_failed(
+    on_slurm, monkeypatch
+):
+    submitter = _submitter(
+        on_slurm,
+        """
+        future = slow.submit(3, 2)
+        print(future.job_id, flush=True)
+        print(future.result(), flush=True)
+        """,
+    )
+    job_id = submitter.stdout.readline().strip()
+    assert job_id, submitter.stderr.read()
+    # This process watches too, but checks slowly: the submitter collects first and, as
+    # cleanup_on_success says, removes the job folder.
+    _slow_status_checks(monkeypatch, 3)
+    job = clustrix.get_job(job_id)
+    with pytest.raises(ResultsCollectedElsewhereError, match="collected by another process"):
+        job.results(timeout=120)
+    assert submitter.wait(timeout=60) == 0
+    assert submitter.stdout.read().strip() == "9"
+    record = JobStore(job._store.path).get(job_id)
+    # The final state the submitter recorded is never downgraded by the second watcher.
+    assert (record.state, record.message) == (
+        "COMPLETED",
+        "result delivered; remote folder removed",
+    )
+
+
+def test_a_final_state_in_the_store_is_never_replaced(tmp_path):
+    from clustrix.store import JobRecord
+
+    store = JobStore(tmp_path / "jobs.db")
+    store.add(JobRecord("j1", "f", "slurm", "h", "/x", "RUNNING", 1, [1], {}))
+    assert store.update("j1", state="COMPLETED", message="result delivered")
+    assert not store.update("j1", state="FAILED", message="ended without writing a result")
+    record = store.get("j1")
+    assert (record.state, record.message) == ("COMPLETED", "result delivered")
+    assert store.update("j1", message="note")  # changes other than the state still apply
+
+
+def _squeue_state(transport, scheduler_id: str) -> str:
+    return output_of(transport, f"squeue --noheader --array --format=%T --jobs={scheduler_id}")
+
+
+def test_status_of_a_job_cancelled_while_nobody_watched_is_cancelled_at_once(on_slurm):
+    submitter = _submitter(
+        on_slurm,
+        """
+        future = slow.submit(1, 300)
+        print(future.job_id, future.scheduler_id, flush=True)
+        time.sleep(600)
+        """,
+    )
+    job_id, scheduler_id = submitter.stdout.readline().split()
+    transport = on_slurm.transport()
+    assert wait_for(lambda: "RUNNING" in _squeue_state(transport, scheduler_id), 60)
+    submitter.send_signal(signal.SIGKILL)  # nobody watches any more
+    submitter.wait(timeout=30)
+    transport.run(f"scancel {scheduler_id}")
+    assert wait_for(lambda: "RUNNING" not in _squeue_state(transport, scheduler_id), 60)
+    job = clustrix.get_job(job_id)
+    assert job.status() == "CANCELLED"  # the first answer is the current one
+    assert job.state == "CANCELLED"
+
+
+def test_a_job_cancelled_by_the_scheduler_while_watched_is_recorded_cancelled(on_slurm):
+    @cluster(time="00:05:00")
+    def sleeper(seconds):
+        time.sleep(seconds)
+
+    future = sleeper.submit(300)
+    transport = on_slurm.transport()
+    assert wait_for(lambda: "RUNNING" in _squeue_state(transport, future.scheduler_id), 60)
+    transport.run(f"scancel {future.scheduler_id}")
+    with pytest.raises(JobCancelledError):
+        future.result(timeout=120)
+    assert clustrix.get_job(future.job_id).state == "CANCELLED"
+
+
+@cluster(time="00:05:00")
+def fails_on_one(x):
+    if x == 1:
+        raise ValueError("item 1 is bad")
+    return x
+
+
+def test_the_store_holds_the_final_state_when_a_map_raises(on_slurm, monkeypatch):
+    # Both array tasks end before the first status check answers, so both results arrive in
+    # one check; the caller, woken by the failure, must find the job's end already recorded.
+    _slow_status_checks(monkeypatch, 4)
+    with pytest.raises(ValueError, match="item 1 is bad") as caught:
+        fails_on_one.map(range(4), chunksize=2)
+    job_id = next(
+        note.split("clustrix.get_job(")[1].split("'")[1]
+        for note in getattr(caught.value, "__notes__", [])
+        if "get_job(" in note
+    )
+    assert (
+        JobStore(clustrix.get_config().job_store.replace("~", os.environ["HOME"])).get(job_id).state
+        == "FAILED"
+    )
