@@ -6,6 +6,7 @@ scheduler code works on a login node reached over SSH and on the machine it runs
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +33,41 @@ class CommandResult:
         return self
 
 
+class OutputFrame:
+    """Marks where a command's own output begins, past anything its shell printed first.
+
+    A login shell can print before it runs the command: an ``echo`` in ``~/.bashrc``, a site
+    notice. The framed command first prints a marker line, unique to this run, on stdout and
+    on stderr; everything up to and including it is dropped. The marker is printed from two
+    pieces, so a shell that echoes the command line (``set -v``/``-x``) cannot print it early.
+    Bytes after the marker are untouched (binary output stays exact), and the command's exit
+    code is still the shell's.
+    """
+
+    def __init__(self) -> None:
+        token = uuid.uuid4().hex
+        self._marker = f"clustrix-begin-{token}\n".encode()
+        self.prefix = (
+            f"printf 'clustrix-begin-%s\\n' {token}; printf 'clustrix-begin-%s\\n' {token} >&2\n"
+        )
+
+    def frame(self, command: str) -> str:
+        """``command``, preceded by the markers (on a line of their own)."""
+        return self.prefix + command
+
+    def start(self, output: bytes | bytearray) -> int:
+        """Where the command's own output begins in ``output`` (0 if no marker was printed).
+
+        Without a marker the command never started, and all of it is the shell's own words.
+        """
+        index = output.find(self._marker)
+        return 0 if index < 0 else index + len(self._marker)
+
+    def strip(self, output: bytes | bytearray) -> bytes:
+        """``output`` without what the shell printed before the command began."""
+        return bytes(memoryview(output)[self.start(output) :])
+
+
 class Transport(Protocol):
     """A way to reach one machine as one user."""
 
@@ -46,7 +82,11 @@ class Transport(Protocol):
         timeout: float | None = None,
         stdin: bytes | None = None,
     ) -> CommandResult:
-        """Run ``command`` with bash; every interpolated value must already be quoted."""
+        """Run ``command`` with bash; every interpolated value must already be quoted.
+
+        stdout and stderr hold only what the command printed: whatever the shell printed
+        before it (a login banner, an ``echo`` in ``~/.bashrc``) is left out.
+        """
         ...
 
     def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .base import CommandResult
+from .base import CommandResult, OutputFrame
 
 
 class LocalTransport:
@@ -22,15 +22,18 @@ class LocalTransport:
         timeout: float | None = None,
         stdin: bytes | None = None,
     ) -> CommandResult:
+        # bash can print before the command, from $BASH_ENV or (run under sshd) ~/.bashrc.
+        frame = OutputFrame()
         completed = subprocess.run(
-            ["bash", "-c", command],
+            ["bash", "-c", frame.frame(command)],
             capture_output=True,
             timeout=timeout,
             check=False,
             input=stdin if stdin is not None else b"",
         )
-        stderr = completed.stderr.decode(errors="replace")
-        result = CommandResult(command, completed.returncode, completed.stdout, stderr)
+        stdout = frame.strip(completed.stdout)
+        stderr = frame.strip(completed.stderr).decode(errors="replace")
+        result = CommandResult(command, completed.returncode, stdout, stderr)
         return result.check(self.where) if check else result
 
     def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import hmac
 import logging
 import os
+import re
 import select
+import shlex
 import socket
 import sys
 import threading
@@ -25,7 +28,7 @@ from typing import Any
 import paramiko
 
 from ..errors import AuthenticationError, ConnectionFailedError, HostKeyError
-from .base import CommandResult
+from .base import CommandResult, OutputFrame
 
 logger = logging.getLogger("clustrix.ssh")
 
@@ -89,38 +92,167 @@ def resolve_target(
     )
 
 
-class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Refuses unknown hosts (strict) or records them in known_hosts (accept-new)."""
+#: Known-hosts files every user's connections also trust (OpenSSH's GlobalKnownHostsFile).
+GLOBAL_KNOWN_HOSTS = (Path("/etc/ssh/ssh_known_hosts"), Path("/etc/ssh/ssh_known_hosts2"))
 
-    def __init__(self, policy: str, known_hosts: Path) -> None:
+
+def host_label(host: str, port: int) -> str:
+    """A host as messages name it, port included: ``[host]:port``, or ``host port 22``."""
+    return f"{host} port {port}" if port == 22 else known_hosts_name(host, port)
+
+
+@dataclass(frozen=True)
+class KnownHostKey:
+    """One line of a known-hosts file: which hosts it names, their key, and where it is."""
+
+    path: Path
+    line: int
+    names: tuple[str, ...]
+    key: paramiko.PKey
+    revoked: bool = False
+
+    @property
+    def place(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    def names_host(self, name: str) -> bool:
+        """Whether the line is about ``name`` (``host`` or ``[host]:port``), as OpenSSH reads it.
+
+        Names may be hashed (``|1|salt|hash``), patterns with ``*`` and ``?``, or negated
+        patterns (``!pattern``), which exclude a host the other names would match.
+        """
+        matched = False
+        for pattern in self.names:
+            if pattern.startswith("|1|"):
+                matched |= _hashed_name_is(pattern, name)
+            elif pattern.startswith("!"):
+                if _host_pattern(pattern[1:]).fullmatch(name):
+                    return False
+            elif _host_pattern(pattern).fullmatch(name):
+                matched = True
+        return matched
+
+
+def _hashed_name_is(hashed: str, name: str) -> bool:
+    try:
+        return hmac.compare_digest(paramiko.HostKeys.hash_host(name, hashed), hashed)
+    except Exception:  # a malformed salt: the line names no host
+        return False
+
+
+def _host_pattern(pattern: str) -> re.Pattern[str]:
+    """OpenSSH's host patterns: ``*`` and ``?`` are wildcards, nothing else is special."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.IGNORECASE)
+
+
+def read_known_hosts(path: Path) -> list[KnownHostKey]:
+    """The usable lines of a known-hosts file with their line numbers (none if it is missing).
+
+    ``@revoked`` lines are kept as such; ``@cert-authority`` lines (host certificates, which
+    are not used here) and lines that cannot be read are skipped.
+    """
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    keys = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        fields = raw.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        revoked = False
+        if fields[0].startswith("@"):
+            if fields[0] != "@revoked":
+                continue
+            revoked, fields = True, fields[1:]
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(" ".join(fields), number)
+        except Exception as exc:  # a damaged line does not stop the others from counting
+            logger.debug("skipping line %d of %s: %s", number, path, exc)
+            continue
+        if entry is not None and entry.key is not None:
+            keys.append(KnownHostKey(path, number, tuple(entry.hostnames), entry.key, revoked))
+    return keys
+
+
+class _HostKeyCheck(paramiko.MissingHostKeyPolicy):
+    """Checks a server's key against known-hosts files as OpenSSH does, naming the line.
+
+    The files are the user's (the configured one, which replaces ~/.ssh/known_hosts, as
+    UserKnownHostsFile does) and the global ones. Paramiko is given no keys, so it hands
+    every server key to ``missing_host_key``: accepted if a line for the host has it,
+    refused if a line for the host has another key of its type (or has it as revoked).
+    An unknown host is refused (strict) or recorded in the user's file (accept-new).
+    """
+
+    def __init__(self, policy: str, user_file: Path, host: str, port: int) -> None:
         self.policy = policy
-        self.known_hosts = known_hosts
+        self.user_file = user_file
+        self.host, self.port = host, port
+        self.name = known_hosts_name(host, port)
+        self.keys = [
+            key
+            for path in (user_file, *GLOBAL_KNOWN_HOSTS)
+            for key in read_known_hosts(path)
+            if key.names_host(self.name)
+        ]
+
+    def preferred_key_types(self, offered: list[str]) -> list[str]:
+        """``offered`` with the types of this host's known keys first (as OpenSSH orders them)."""
+        known: list[str] = []
+        for entry in self.keys:
+            kind = entry.key.get_name()
+            names = ["rsa-sha2-512", "rsa-sha2-256", kind] if kind == "ssh-rsa" else [kind]
+            known += [n for n in names if n in offered and n not in known and not entry.revoked]
+        return known + [n for n in offered if n not in known]
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
-        print_name = fingerprint(key)
+        label, blob, print_name = host_label(self.host, self.port), key.asbytes(), fingerprint(key)
+        for entry in self.keys:
+            if entry.revoked and entry.key.asbytes() == blob:
+                raise HostKeyError(
+                    f"the host key of {label} ({key.get_name()} {print_name}) is marked "
+                    f"@revoked at {entry.place}; refusing to connect",
+                    host=self.host,
+                    fingerprint=print_name,
+                )
+        current = [entry for entry in self.keys if not entry.revoked]
+        if any(entry.key.asbytes() == blob for entry in current):
+            return
+        for entry in current:
+            if entry.key.get_name() == key.get_name():
+                raise HostKeyError(
+                    f"the host key of {label} does NOT match the one at {entry.place}: got "
+                    f"{key.get_name()} {print_name}, expected {fingerprint(entry.key)}. This "
+                    "may be a man-in-the-middle attack, or the host was reinstalled; check "
+                    "with its administrators before removing the old entry (ssh-keygen -R "
+                    f"'{self.name}' -f {entry.path})",
+                    host=self.host,
+                    fingerprint=print_name,
+                )
         if self.policy != "accept-new":
+            others = "".join(
+                f"; {entry.place} has its {entry.key.get_name()} key" for entry in current
+            )
             raise HostKeyError(
-                f"the host key of {hostname} is not in {self.known_hosts} ({key.get_name()} "
-                f"{print_name}). If that fingerprint is right, trust it with "
-                f"`clustrix trust-host {_trust_arguments(hostname)}` or set "
+                f"the host key of {label} is not in {self.user_file} ({key.get_name()} "
+                f"{print_name}{others}). If that fingerprint is right, trust it with "
+                f"`clustrix trust-host {self._trust_arguments()}` or set "
                 "host_key_policy='accept-new'",
-                host=hostname,
+                host=self.host,
                 fingerprint=print_name,
             )
-        append_known_host(self.known_hosts, hostname, key)
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        logger.warning(
-            "added %s (%s %s) to %s", hostname, key.get_name(), print_name, self.known_hosts
-        )
+        append_known_host(self.user_file, self.name, key)
+        logger.warning("added %s (%s %s) to %s", label, key.get_name(), print_name, self.user_file)
 
-
-def _trust_arguments(hostname: str) -> str:
-    if hostname.startswith("[") and "]:" in hostname:
-        host, port = hostname[1:].split("]:")
-        return f"{host} --port {port}"
-    return hostname
+    def _trust_arguments(self) -> str:
+        arguments = f"{shlex.quote(self.host)} --port {self.port}"
+        if self.user_file != default_known_hosts():
+            arguments += f" --known-hosts {shlex.quote(str(self.user_file))}"
+        return arguments
 
 
 def append_known_host(known_hosts: Path, hostname: str, key: paramiko.PKey) -> None:
@@ -192,10 +324,17 @@ class SSHTransport:
     def _connect(self) -> paramiko.SSHClient:
         target = self.target
         client = paramiko.SSHClient()
-        client.load_system_host_keys()
-        if self._known_hosts.is_file():
-            client.load_host_keys(str(self._known_hosts))
-        client.set_missing_host_key_policy(_HostKeyPolicy(self._policy, self._known_hosts))
+        # No keys are loaded into paramiko: _HostKeyCheck sees every server key, with the
+        # file and line of the known key it is compared with.
+        check = _HostKeyCheck(self._policy, self._known_hosts, target.hostname, target.port)
+        client.set_missing_host_key_policy(check)
+
+        def preferring_known_key_types(sock: Any, **kwargs: Any) -> paramiko.Transport:
+            transport = paramiko.Transport(sock, **kwargs)
+            options = transport.get_security_options()
+            options.key_types = check.preferred_key_types(list(options.key_types))
+            return transport
+
         sock = None
         if self._jump is not None:
             jump_transport = self._jump._connected_client().get_transport()
@@ -219,19 +358,13 @@ class SSHTransport:
                 banner_timeout=_CONNECT_TIMEOUT,
                 auth_timeout=_CONNECT_TIMEOUT,
                 sock=sock,
+                transport_factory=preferring_known_key_types,
             )
         except HostKeyError:
+            client.close()
             raise
-        except paramiko.BadHostKeyException as exc:
-            raise HostKeyError(
-                f"the host key of {target.hostname} does NOT match {self._known_hosts}: got "
-                f"{fingerprint(exc.key)}, expected {fingerprint(exc.expected_key)}. This may be "
-                "a man-in-the-middle attack, or the host was reinstalled; check with its "
-                "administrators before removing the old entry",
-                host=target.hostname,
-                fingerprint=fingerprint(exc.key),
-            ) from None
         except paramiko.AuthenticationException:
+            client.close()
             if self._password is None and sys.stdin is not None and sys.stdin.isatty():
                 self._password = getpass.getpass(f"Password for {self.where}: ")
                 return self._connect()
@@ -241,6 +374,7 @@ class SSHTransport:
                 f"{', a password' if self._password else ''}); check username and key_file"
             ) from None
         except (OSError, paramiko.SSHException) as exc:
+            client.close()
             raise ConnectionFailedError(f"cannot connect to {self.where}: {exc}") from None
         transport = client.get_transport()
         assert transport is not None
@@ -336,24 +470,30 @@ def _is_active(channel: paramiko.Channel) -> bool:
 def _execute(
     channel: paramiko.Channel, command: str, stdin: bytes | None, timeout: float | None
 ) -> tuple[int, bytes, str]:
-    """Exit code, stdout and stderr of ``command`` on a fresh session channel."""
+    """Exit code, stdout and stderr of ``command`` on a fresh session channel.
+
+    The login shell may print before it runs the command (``~/.bashrc``, a site notice):
+    the command is framed, and only what follows its markers is returned.
+    """
+    frame = OutputFrame()
     with channel:
         if not stdin:
             # The remote shell, not an end-of-file from here, closes the command's input.
             # Paramiko sends a channel's EOF outside its lock, so an EOF sent while a quick
             # command ends can follow the channel's close, and OpenSSH answers that protocol
             # error by dropping the whole shared connection.
-            channel.exec_command(f"{{ {command}\n}} </dev/null")
+            channel.exec_command(frame.frame(f"{{ {command}\n}} </dev/null"))
             stdout, stderr = _drain(channel, timeout)
         else:
-            channel.exec_command(command)
+            channel.exec_command(frame.frame(command))
             # Feed stdin from another thread: a command that writes while it reads (tar, cat)
             # would otherwise stall once both directions' windows are full.
             feeder = threading.Thread(target=_feed, args=(channel, stdin), daemon=True)
             feeder.start()
             stdout, stderr = _drain(channel, timeout)
             feeder.join(timeout=5)
-        return channel.recv_exit_status(), stdout, stderr
+        exit_code = channel.recv_exit_status()
+    return exit_code, frame.strip(stdout), frame.strip(stderr).decode(errors="replace")
 
 
 def _open_session(client: paramiko.SSHClient) -> paramiko.Channel:
@@ -363,17 +503,28 @@ def _open_session(client: paramiko.SSHClient) -> paramiko.Channel:
     return transport.open_session(timeout=_CONNECT_TIMEOUT)
 
 
+#: The most handed to the channel at once; it sends what its window allows, <= 32 KiB.
+_SEND_CHUNK = 1 << 20
+
+
 def _feed(channel: paramiko.Channel, data: bytes) -> None:
+    # Not Channel.sendall: it slices the rest of its bytes after every packet, which copies
+    # the remaining data each time (quadratic in the size). Slices of a memoryview are free.
     try:
-        if data:
-            channel.sendall(data)
+        view = memoryview(data).cast("B")
+        offset = 0
+        while offset < len(view):
+            sent = channel.send(view[offset : offset + _SEND_CHUNK])
+            if sent <= 0:
+                break  # the command closed its input
+            offset += sent
         if not channel.exit_status_ready():  # narrows, cannot close, the race in _execute()
             channel.shutdown_write()
     except (OSError, EOFError, paramiko.SSHException):
         pass  # the command ended without reading everything; its exit code tells the story
 
 
-def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, str]:
+def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytearray, bytearray]:
     """Read stdout and stderr together, so a chatty stderr cannot stall a large stdout."""
     deadline = None if timeout is None else time.monotonic() + timeout
     stdout, stderr = bytearray(), bytearray()
@@ -384,7 +535,7 @@ def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, str
             stderr += channel.recv_stderr(65536)
         elif channel.exit_status_ready() and (channel.eof_received or channel.closed):
             # EOF comes after the last byte of both streams, and nothing is left buffered.
-            return bytes(stdout), stderr.decode(errors="replace")
+            return stdout, stderr
         else:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"the command did not finish within {timeout:g} s")

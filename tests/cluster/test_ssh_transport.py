@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import shlex
 import shutil
 import subprocess
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
+import paramiko
 import pytest
 
 import clustrix
@@ -208,3 +212,202 @@ def test_a_connection_dropped_mid_command_raises_instead_of_returning_cut_output
     assert isinstance(result, ConnectionFailedError), result
     assert "dropped while running 'echo early; sleep 5; echo late'" in str(result)
     assert transport.run("echo back").stdout == "back\n"
+
+
+# ---------------------------------------------------------------- chatty login shells
+
+_CHATTY_BEGIN = "# >>> clustrix chatty-shell test >>>"
+_CHATTY_END = "# <<< clustrix chatty-shell test <<<"
+# Prints only for connections whose client port has a file in ~/.clustrix-chatty-shell, so
+# other connections of the same user (other tests running meanwhile) are left alone.
+_CHATTY_BLOCK = f"""{_CHATTY_BEGIN}
+_clustrix_port=${{SSH_CLIENT#* }}; _clustrix_port=${{_clustrix_port%% *}}
+if [ -e "$HOME/.clustrix-chatty-shell/$_clustrix_port" ]; then
+  echo "Please report errors to the help desk."
+  echo "notice" >&2
+  printf 'no newline after this'
+fi
+unset _clustrix_port
+{_CHATTY_END}
+"""
+
+
+@pytest.fixture
+def chatty_login(test_cluster):
+    """A fresh connection whose login shell prints on stdout and stderr before each command."""
+    admin = test_cluster.transport()
+    transport = test_cluster.transport()
+    transport.run("true")  # connected: its client port is known
+    port = transport._client.get_transport().sock.getsockname()[1]
+    marker = f"$HOME/.clustrix-chatty-shell/{port}"
+    admin.run(
+        f"grep -qxF {shlex.quote(_CHATTY_BEGIN)} ~/.bashrc || "
+        f"{{ printf %s {shlex.quote(_CHATTY_BLOCK)}; cat ~/.bashrc; }} > ~/.bashrc.clustrix-new "
+        "&& mv ~/.bashrc.clustrix-new ~/.bashrc"
+    )
+    admin.run(f'mkdir -p ~/.clustrix-chatty-shell && touch "{marker}"')
+    try:
+        # The shell really does print before a command (bash sources ~/.bashrc under sshd).
+        channel = transport._client.get_transport().open_session()
+        channel.exec_command("true")
+        assert b"help desk" in channel.makefile("rb").read()
+        assert b"notice" in channel.makefile_stderr("rb").read()
+        channel.close()
+        yield transport
+    finally:
+        admin.run(f'rm -f "{marker}"', check=False)
+        transport.close()
+        admin.run(
+            "rmdir ~/.clustrix-chatty-shell 2>/dev/null && sed -i "
+            f"{shlex.quote(f'/^{_CHATTY_BEGIN}$/,/^{_CHATTY_END}$/d')} ~/.bashrc",
+            check=False,
+        )
+        admin.close()
+
+
+def test_home_is_the_bare_path_under_a_chatty_login_shell(test_cluster, chatty_login):
+    quiet = test_cluster.transport()
+    assert chatty_login.home() == quiet.home()
+    assert chatty_login.home().startswith("/") and "\n" not in chatty_login.home()
+    quiet.close()
+
+
+def test_command_output_is_exact_under_a_chatty_login_shell(chatty_login):
+    assert chatty_login.run("printf x").stdout == "x"
+    every_byte = bytes(range(256)) * 64
+    assert chatty_login.run("cat", stdin=every_byte).stdout_bytes == every_byte
+    failed = chatty_login.run("echo oops >&2; exit 7", check=False)
+    assert (failed.exit_code, failed.stdout, failed.stderr) == (7, "", "oops\n")
+
+
+# ---------------------------------------------------------------- large stdin
+
+
+def run_traced(transport: SSHTransport, command: str, stdin: bytes):
+    """The command's result, and the most memory allocated meanwhile beyond what it was given."""
+    transport.run("true")  # connected before measuring
+    tracemalloc.start()
+    try:
+        result = transport.run(command, stdin=stdin, timeout=600)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+def test_a_large_stdin_arrives_whole_without_copies(test_cluster):
+    # Copying what is left to send after every packet made large uploads quadratic.
+    data = b"x" * (40 * 2**20)
+    transport = test_cluster.transport()
+    result, peak = run_traced(transport, "wc -c", data)
+    transport.close()
+    size = len(data)
+    assert result.stdout.strip() == str(size)
+    assert peak < size // 4, f"{peak / 2**20:.0f} MiB allocated to send 40 MiB"
+
+
+def test_every_byte_of_a_large_stdin_arrives_exactly_without_copies(test_cluster):
+    data = bytes(range(256)) * (24 * 2**20 // 256)
+    transport = test_cluster.transport()
+    result, peak = run_traced(transport, "sha256sum", data)
+    transport.close()
+    size, digest = len(data), hashlib.sha256(data).hexdigest()
+    assert result.stdout.split()[0] == digest
+    assert peak < size // 4, f"{peak / 2**20:.0f} MiB allocated to send 24 MiB"
+
+
+# ---------------------------------------------------------------- known-hosts files
+
+
+def host_key_lines(test_cluster, tmp_path) -> tuple[str, str, str]:
+    """The known-hosts name of the test sshd, a line with its key, and one with another key."""
+    name = f"[{test_cluster.host}]:{test_cluster.port}"
+    kind, blob = Path(test_cluster.known_hosts).read_text().split("\n")[0].split()[1:3]
+    other = tmp_path / "other-host-key"
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(other)], check=True)
+    other_blob = other.with_suffix(".pub").read_text().split()[1]
+    return name, f"{name} {kind} {blob}\n", f"{name} {kind} {other_blob}\n"
+
+
+@pytest.fixture
+def no_global_known_hosts(tmp_path, monkeypatch):
+    """The global known-hosts files, as a file of the test's own (empty at first)."""
+    path = tmp_path / "ssh_known_hosts"
+    monkeypatch.setattr("clustrix.transport.ssh.GLOBAL_KNOWN_HOSTS", (path,))
+    return path
+
+
+def test_a_configured_known_hosts_file_replaces_the_users_own(
+    test_cluster, tmp_path, isolated_config, no_global_known_hosts
+):
+    _, right, wrong = host_key_lines(test_cluster, tmp_path)
+    (isolated_config / ".ssh").mkdir()
+    (isolated_config / ".ssh" / "known_hosts").write_text(wrong)
+    configured = tmp_path / "configured_known_hosts"
+    configured.write_text(right)
+    assert transport_for(test_cluster, configured).run("echo ok").stdout == "ok\n"
+
+
+def test_a_changed_key_is_reported_with_its_file_line_and_port(
+    test_cluster, tmp_path, no_global_known_hosts
+):
+    name, _, wrong = host_key_lines(test_cluster, tmp_path)
+    configured = tmp_path / "configured_known_hosts"
+    configured.write_text(
+        "# cluster login nodes\nlogin.example.org " + wrong.split(" ", 1)[1] + wrong
+    )
+    with pytest.raises(HostKeyError, match="does NOT match") as info:
+        transport_for(test_cluster, configured).run("true")
+    assert f"{configured}:3" in str(info.value)
+    assert name in str(info.value)
+
+
+def test_a_key_only_in_the_users_own_file_is_unknown_when_another_is_configured(
+    test_cluster, tmp_path, isolated_config, no_global_known_hosts
+):
+    name, right, _ = host_key_lines(test_cluster, tmp_path)
+    (isolated_config / ".ssh").mkdir()
+    (isolated_config / ".ssh" / "known_hosts").write_text(right)
+    configured = tmp_path / "configured_known_hosts"
+    with pytest.raises(HostKeyError, match="is not in") as info:
+        transport_for(test_cluster, configured).run("true")
+    message = str(info.value)
+    assert str(configured) in message and name in message
+    assert f"--port {test_cluster.port} --known-hosts {configured}" in message
+    assert not configured.exists(), "nothing is added silently"
+
+
+def test_the_global_known_hosts_file_still_counts(test_cluster, tmp_path, no_global_known_hosts):
+    _, right, wrong = host_key_lines(test_cluster, tmp_path)
+    no_global_known_hosts.write_text(right)
+    configured = tmp_path / "configured_known_hosts"
+    assert transport_for(test_cluster, configured).run("echo ok").stdout == "ok\n"
+    no_global_known_hosts.write_text(wrong)
+    with pytest.raises(HostKeyError, match=f"{no_global_known_hosts}:1"):
+        transport_for(test_cluster, configured).run("true")
+    configured.write_text(right)  # a line that has the key wins, in either file
+    assert transport_for(test_cluster, configured).run("echo ok").stdout == "ok\n"
+
+
+def test_hashed_and_marked_known_hosts_lines(test_cluster, tmp_path, no_global_known_hosts):
+    name, right, wrong = host_key_lines(test_cluster, tmp_path)
+    configured = tmp_path / "configured_known_hosts"
+
+    def hashed(line: str) -> str:
+        return paramiko.HostKeys.hash_host(name) + " " + line.split(" ", 1)[1]
+
+    kind_and_blob = right.split(" ", 1)[1]
+    unusable = (
+        f"@cert-authority *.example.org {kind_and_blob}"
+        "garbage\n"
+        f"{name} ssh-ed25519 not-base64!\n"
+        f"{name} ssh-unknown-type AAAA\n"
+    )
+    configured.write_text(unusable + hashed(right))
+    assert transport_for(test_cluster, configured).run("echo ok").stdout == "ok\n"
+    configured.write_text(unusable + hashed(wrong))
+    with pytest.raises(HostKeyError, match=f"{configured}:5"):
+        transport_for(test_cluster, configured).run("true")
+    configured.write_text(right + f"@revoked {right}")
+    with pytest.raises(HostKeyError, match=f"revoked at {configured}:2"):
+        transport_for(test_cluster, configured).run("true")
