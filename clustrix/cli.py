@@ -329,6 +329,7 @@ def jobs_command(show_all: bool, states: tuple[str, ...], limit: int) -> None:
         return
     rows = [("JOB ID", "STATE", "CALLS", "FUNCTION", "HOST", "CREATED")]
     for job in found:
+        _settle_submission(job)
         record = job.record
         calls = (
             f"{record.items - record.failed_items}/{record.items}"
@@ -350,6 +351,18 @@ def jobs_command(show_all: bool, states: tuple[str, ...], limit: int) -> None:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+def _settle_submission(job: Any) -> None:
+    """Resolve a job left SUBMITTING by a process that died (``Job.status`` adopts it); a
+    cluster that cannot be reached now leaves the record as it is."""
+    from .errors import ClustrixError
+
+    if job.record.state == "SUBMITTING":
+        try:
+            job.status()
+        except ClustrixError as exc:
+            click.echo(f"{job.job_id}: still recorded as submitting ({exc})", err=True)
 
 
 @main.command("job")
@@ -459,7 +472,10 @@ def clean(older_than: str, yes: bool) -> None:
     from .handle import jobs as list_jobs
     from .store import FINAL_STATES
 
-    found = list_jobs(states=FINAL_STATES, older_than=parse_age(older_than))
+    age = parse_age(older_than)
+    for job in list_jobs(states=["SUBMITTING"], older_than=age):
+        _settle_submission(job)  # one whose submitter died may turn out never accepted
+    found = list_jobs(states=FINAL_STATES, older_than=age)
     if not found:
         click.echo(f"no finished jobs older than {older_than}")
         return

@@ -19,7 +19,7 @@ from .errors import ClustrixError
 from .jobs import RemoteJob
 from .progress import gather
 from .remote import backend_for
-from .store import FINAL_STATES, JobRecord, JobStore
+from .store import FINAL_STATES, JobRecord, JobStore, submitter_gone
 
 
 class JobNotFoundError(ClustrixError, KeyError):
@@ -72,7 +72,15 @@ class Job:
             self._live = backend_for(config).attach(self._record, config)
         return self._live
 
+    def _adopt_if_abandoned(self) -> None:
+        """A job left SUBMITTING by a process that died meanwhile: learn from its folder
+        what the scheduler accepted (see ``RemoteBackend.adopt``)."""
+        record = self.record
+        if record.state == "SUBMITTING" and submitter_gone(record):
+            backend_for(self._config()).adopt(record, self._store)
+
     def _check_fetchable(self) -> None:
+        self._adopt_if_abandoned()
         record = self.record
         if not record.submissions:
             raise ClustrixError(
@@ -91,6 +99,7 @@ class Job:
 
     def status(self) -> str:
         """SUBMITTING, PENDING, RUNNING, COMPLETED, FAILED or CANCELLED, asked of the cluster."""
+        self._adopt_if_abandoned()
         record = self.record
         if record.state in FINAL_STATES or not record.submissions:
             return record.state

@@ -71,7 +71,7 @@ from .payload import (
 from .resources import Resources
 from .schedulers import JobState, JobStatus, Scheduler, ScriptContext, scheduler_for
 from .schedulers.base import ArraySpec, setup_lines
-from .store import FINAL_STATES, JobRecord, JobStore
+from .store import FINAL_STATES, JobRecord, JobStore, this_process
 from .transport.base import Transport
 from .transport.local import LocalTransport
 
@@ -258,20 +258,6 @@ class RemoteBackend:
         report = self.ensure_environment(plan, config)
         job_id = new_job_id()
         folder = f"{self.work_dir}/{job_id}"
-        store = self.store(config)
-        store.add(
-            JobRecord(
-                job_id=job_id,
-                function=name,
-                cluster_type=self.scheduler.name,
-                host=self.transport.where,
-                remote_folder=folder,
-                state="SUBMITTING",
-                items=len(calls),
-                task_sizes=[len(chunk) for chunk in chunks],
-                connection=self.connection,
-            )
-        )
         job = self._new_job(job_id, folder, name, func, [len(c) for c in chunks], config, retries)
         job.retry_on = retry_on
         for task in job.tasks:
@@ -295,6 +281,24 @@ class RemoteBackend:
             extra=shipped_runtime(payload_modules),
         )
         job.context, job.resources = context, task_resources
+        # Written down before anything reaches the cluster, with the parts it will become:
+        # if this process dies while submitting, another one can adopt what was accepted.
+        store = self.store(config)
+        store.add(
+            JobRecord(
+                job_id=job_id,
+                function=name,
+                cluster_type=self.scheduler.name,
+                host=self.transport.where,
+                remote_folder=folder,
+                state="SUBMITTING",
+                items=len(calls),
+                task_sizes=[len(chunk) for chunk in chunks],
+                connection=self.connection,
+                parts=[part_fields(part) for part in parts],
+                submitter=this_process(),
+            )
+        )
         quoted_work, quoted_folder = shlex.quote(self.work_dir), shlex.quote(folder)
         # Each part's scheduler id is also kept in the job folder, so that a submission whose
         # connection drops can still learn what the scheduler accepted.
@@ -350,22 +354,13 @@ class RemoteBackend:
         untracked. Raises ConnectionFailedError then, saying so.
         """
         quoted = shlex.quote(folder)
-        files = " ".join(_submitted_file(n) for n in range(parts))
-        # Whether the submitting shell still runs, then a line per part: its last output
-        # line, or "-" while it has printed nothing. No folder: nothing ran, no line.
-        report = (
-            f"cd {quoted} 2>/dev/null || exit 0; "
-            f'if kill -0 "$(cat {_SUBMITTING_PID} 2>/dev/null)" 2>/dev/null; '
-            "then echo running; else echo ended; fi; "
-            f'for f in {files}; do if [ -s "$f" ]; then tail -n 1 "$f"; else echo -; fi; done'
-        )
         started = time.monotonic()
         lines: list[str] = []
         answered = running = False
         while True:
             with contextlib.suppress(ClustrixError, OSError):
-                answer = self.transport.run(report, check=False).stdout.splitlines()
-                answered, running, lines = True, answer[:1] == ["running"], answer[1:]
+                running, lines = self._submission_report(folder, parts)
+                answered = True
             if len(lines) == parts and "-" not in lines:
                 logger.warning(
                     "the connection to %s dropped during a submission; the scheduler had "
@@ -407,6 +402,72 @@ class RemoteBackend:
         raise ConnectionFailedError(
             f"{lost}, and not every part's answer could be read back from {folder}; {outcome}{late}"
         )
+
+    def _submission_report(self, folder: str, parts: int) -> tuple[bool, list[str]]:
+        """What a submission left in its job folder: whether its shell still runs, and a
+        line per part it reached: the scheduler's answer, or "-" while there is none.
+
+        No line at all when the folder does not exist (the submission never began).
+        """
+        files = " ".join(_submitted_file(n) for n in range(parts))
+        report = (
+            f"cd {shlex.quote(folder)} 2>/dev/null || {{ echo ended; exit 0; }}; "
+            f'if kill -0 "$(cat {_SUBMITTING_PID} 2>/dev/null)" 2>/dev/null; '
+            "then echo running; else echo ended; fi; "
+            f'for f in {files}; do if [ -s "$f" ]; then tail -n 1 "$f"; else echo -; fi; done'
+        )
+        answer = self.transport.run(report, check=False).stdout.splitlines()
+        return answer[:1] == ["running"], answer[1:]
+
+    def adopt(self, record: JobRecord, store: JobStore) -> bool:
+        """Take over a job whose submitting process died while submitting it.
+
+        What the scheduler accepted is read back from the job folder (each part's id is
+        written there as the scheduler answers) and recorded, so that the job can be
+        watched, listed and cancelled like any other. Parts that were never submitted are
+        abandoned, so they can never start untracked. Returns False, changing nothing, while
+        the submitting shell still runs on the cluster, or for a record without its planned
+        parts (written by an older version).
+        """
+        parts = record.parts
+        if not parts:
+            return False
+        folder = record.remote_folder
+        running, lines = self._submission_report(folder, len(parts))
+        if running:
+            return False
+        lines += ["-"] * (len(parts) - len(lines))
+        accepted: list[str] = []
+        for part, line in zip(parts, lines, strict=True):
+            if line != "-":
+                submission = Submission(self.scheduler.parse_job_id(line), **part)
+                store.add_submission(record.job_id, asdict(submission))
+                accepted.append(submission.scheduler_id)
+        never = [
+            part["offset"] + n
+            for part, line in zip(parts, lines, strict=True)
+            if line == "-"
+            for n in range(part["count"])
+        ]
+        if never:
+            quoted = shlex.quote(folder)
+            self.transport.run(f"mkdir -p -m 700 {quoted} && touch {quoted}/{_ABANDONED}")
+        submitter = record.submitter
+        message = (
+            f"adopted: its submitting process ({submitter.get('host', '?')}, pid "
+            f"{submitter.get('pid', '?')}) stopped while submitting; the scheduler had "
+            f"accepted {len(accepted)} of {len(parts)} submission(s)"
+            + (f" ({', '.join(accepted)})" if accepted else "")
+            + (f"; task(s) {_ranges(never)} were never submitted" if never else "")
+        )
+        logger.warning("job %s %s", record.job_id, message)
+        store.update(
+            record.job_id,
+            state="PENDING" if accepted else "FAILED",
+            message=message,
+            finished=None if accepted else time.time(),
+        )
+        return True
 
     def _new_job(
         self,
@@ -469,10 +530,7 @@ class RemoteBackend:
         ]
 
     def _record_submission(self, job: RemoteJob, scheduler_id: str, part: ScriptContext) -> None:
-        if part.array is None:
-            submission = Submission(scheduler_id, part.task, 1, is_array=False)
-        else:
-            submission = Submission(scheduler_id, part.array.offset, part.array.count, True)
+        submission = Submission(scheduler_id, **part_fields(part))
         for task in job.tasks[submission.offset : submission.offset + submission.count]:
             task.submission = submission
             task.state = JobState.PENDING
@@ -553,7 +611,21 @@ class RemoteBackend:
                 for future in task.futures:
                     mark_cancelled(future)
             return job
-        self._track(job)
+        unsubmitted = [task for task in job.tasks if task.submission is None]
+        for task in unsubmitted:
+            # Its submitting process died first (see adopt): nothing will ever run it.
+            task.done = True
+            error = JobFailedError(
+                f"task {task.index} of job {job.job_id} was never submitted: "
+                f"{record.message or 'its submitting process stopped first'}",
+                job_id=job.job_id,
+                state="SUBMITTING",
+                host=self.transport.where,
+            )
+            for future in task.futures:
+                _settle(future, False, error)
+        if len(unsubmitted) < len(job.tasks):
+            self._track(job)
         return job
 
     # ------------------------------------------------------------------ tracking
@@ -918,6 +990,13 @@ class RemoteBackend:
         return self.transport.run(f"cat {path} 2>/dev/null; true", check=False).stdout
 
 
+def part_fields(part: ScriptContext) -> dict[str, Any]:
+    """The tasks one submission runs, as the job store records them."""
+    if part.array is None:
+        return {"offset": part.task, "count": 1, "is_array": False}
+    return {"offset": part.array.offset, "count": part.array.count, "is_array": True}
+
+
 def calls_per_task(calls: int, chunksize: int | None, config: ClusterConfig) -> int:
     """Calls each array task runs: ``chunksize``, or few enough tasks for max_parallel_jobs."""
     return chunksize or max(1, math.ceil(calls / config.max_parallel_jobs))
@@ -994,6 +1073,11 @@ def _parse_collected(text: str) -> dict[tuple[str, int], dict[str, bytes] | None
         files = untar(base64.b64decode(next(lines, ""))) if how == "inline" else None
         collected[(job_id, int(task))] = files
     return collected
+
+
+def _ranges(indices: list[int]) -> str:
+    """``0-3, 7`` for [0, 1, 2, 3, 7]."""
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in index_ranges(indices))
 
 
 def _tail(text: str, lines: int) -> str:

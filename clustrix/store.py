@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -38,11 +39,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL,
     finished REAL,
     failed_items INTEGER NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT ''
+    message TEXT NOT NULL DEFAULT '',
+    parts TEXT NOT NULL DEFAULT '[]',
+    submitter TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
 """
+# Columns added after the first release, with their definitions, for stores made before.
+_ADDED_COLUMNS = {
+    "parts": "TEXT NOT NULL DEFAULT '[]'",
+    "submitter": "TEXT NOT NULL DEFAULT '{}'",
+}
+_JSON_COLUMNS = ("task_sizes", "connection", "submissions", "parts", "submitter")
 
 
 @dataclass
@@ -64,10 +73,50 @@ class JobRecord:
     finished: float | None = None
     failed_items: int = 0
     message: str = ""
+    #: The submissions planned, in order: ``{"offset", "count", "is_array"}`` each; what the
+    #: scheduler accepted is in ``submissions``.
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    #: The process that submitted the job: ``{"host", "pid", "started"}``.
+    submitter: dict[str, Any] = field(default_factory=dict)
 
     @property
     def scheduler_ids(self) -> list[str]:
         return [s["scheduler_id"] for s in self.submissions]
+
+
+def this_process() -> dict[str, Any]:
+    """How a record names the process submitting a job (for ``submitter_gone``)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_ticks(os.getpid())}
+
+
+def submitter_gone(record: JobRecord, stale_after: float = 3600.0) -> bool:
+    """Whether the process that submitted ``record`` can no longer be submitting it.
+
+    On the same host the process is looked up (its start time tells a reused pid apart);
+    a submitter on another host is taken as gone once the record is ``stale_after`` seconds
+    old, since no submission lasts that long.
+    """
+    submitter = record.submitter
+    if submitter.get("host") != socket.gethostname() or "pid" not in submitter:
+        return time.time() - record.created > stale_after
+    pid = int(submitter["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, as another user
+    started = submitter.get("started")
+    return started is not None and _start_ticks(pid) != started
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (Linux); None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19]) if len(fields) > 19 else None
 
 
 def default_store_path() -> Path:
@@ -113,6 +162,7 @@ class JobStore:
                 try:
                     connection.execute("PRAGMA journal_mode = WAL")
                     connection.executescript(_SCHEMA)
+                    _add_missing_columns(connection)
                     break
                 except sqlite3.OperationalError as exc:
                     if "locked" not in str(exc) or attempt == 99:
@@ -123,7 +173,7 @@ class JobStore:
 
     def add(self, record: JobRecord) -> None:
         values = asdict(record)
-        for name in ("task_sizes", "connection", "submissions"):
+        for name in _JSON_COLUMNS:
             values[name] = json.dumps(values[name])
         columns = ", ".join(values)
         marks = ", ".join(f":{name}" for name in values)
@@ -138,7 +188,7 @@ class JobStore:
         final state changes nothing (returns False); other changes always apply.
         """
         changes["updated"] = time.time()
-        for name in ("task_sizes", "connection", "submissions"):
+        for name in _JSON_COLUMNS:
             if name in changes:
                 changes[name] = json.dumps(changes[name])
         assignments = ", ".join(f"{name} = :{name}" for name in changes)
@@ -211,6 +261,18 @@ class JobStore:
 
 def _record(row: sqlite3.Row) -> JobRecord:
     values = dict(row)
-    for name in ("task_sizes", "connection", "submissions"):
+    for name in _JSON_COLUMNS:
         values[name] = json.loads(values[name])
     return JobRecord(**values)
+
+
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    """Bring a store made by an older version up to the current columns."""
+    present = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+    for name, definition in _ADDED_COLUMNS.items():
+        if name not in present:
+            try:
+                connection.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise

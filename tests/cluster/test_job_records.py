@@ -161,3 +161,125 @@ def test_the_store_holds_the_final_state_when_a_map_raises(on_slurm, monkeypatch
         JobStore(clustrix.get_config().job_store.replace("~", os.environ["HOME"])).get(job_id).state
         == "FAILED"
     )
+
+
+SLOW_SUBMISSIONS = """
+from clustrix.schedulers.slurm import SlurmScheduler
+
+_submit = SlurmScheduler.submit_command
+# Each part waits a moment before sbatch, so the client can be killed in the middle.
+SlurmScheduler.submit_command = lambda self, script, context: (
+    "sleep 0.4; " + _submit(self, script, context)
+)
+"""
+
+
+def _killed_mid_submission(test_cluster, calls: int, seconds: float):
+    """A client mapping ``calls`` calls as one job per call, SIGKILLed once the scheduler has
+    accepted the first; returns the job's store record once its shell on the cluster ended."""
+    store = JobStore(os.path.join(os.environ["HOME"], ".clustrix", "jobs.db"))
+    before = {record.job_id for record in store.list()}
+    submitter = _submitter(
+        test_cluster,
+        SLOW_SUBMISSIONS
+        + f"clustrix.configure(max_array_size=1)\nslow.map(range({calls}), [{seconds}] * {calls})\n",
+    )
+    transport = test_cluster.transport()
+    new: list = []
+
+    def first_part_accepted() -> bool:
+        new[:] = [r for r in store.list(states=["SUBMITTING"]) if r.job_id not in before]
+        folder = new[0].remote_folder if new else None
+        return bool(folder) and output_of(transport, f"cat {folder}/submitted-0") != ""
+
+    assert wait_for(first_part_accepted, 60, interval=0.1), submitter.stderr.read()
+    submitter.send_signal(signal.SIGKILL)
+    submitter.wait(timeout=30)
+    record = store.get(new[0].job_id)
+    assert record.state == "SUBMITTING" and not record.submissions
+    # The shell on the cluster carries on without its client: let it finish.
+    pid_file = f"{record.remote_folder}/submitting.pid"
+    assert wait_for(
+        lambda: (
+            output_of(transport, f'kill -0 "$(cat {pid_file})" 2>/dev/null || echo ended')
+            == "ended"
+        ),
+        120,
+    )
+    return record
+
+
+def _cancel_recorded(test_cluster, job_id: str) -> None:
+    """Whatever the test did, leave none of the job's submissions in the queue."""
+    store = JobStore(os.path.join(os.environ["HOME"], ".clustrix", "jobs.db"))
+    ids = store.get(job_id).scheduler_ids
+    if ids:
+        test_cluster.transport().run(f"scancel {' '.join(ids)}", check=False)
+
+
+def test_a_job_whose_client_died_mid_submission_is_adopted_listed_and_cancellable(
+    on_slurm, request
+):
+    from click.testing import CliRunner
+
+    from clustrix.cli import main
+
+    record = _killed_mid_submission(on_slurm, 40, 120)
+    request.addfinalizer(lambda: _cancel_recorded(on_slurm, record.job_id))
+    listing = CliRunner().invoke(main, ["jobs"])
+    assert listing.exit_code == 0, listing.output
+    row = next(line for line in listing.output.splitlines() if record.job_id in line)
+    assert "SUBMITTING" not in row and ("PENDING" in row or "RUNNING" in row)
+    adopted = JobStore(record_path := os.path.join(os.environ["HOME"], ".clustrix", "jobs.db"))
+    ids = adopted.get(record.job_id).scheduler_ids
+    assert len(ids) == 40, ids
+    cancelled = CliRunner().invoke(main, ["cancel", record.job_id])
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.output, cancelled.output
+    transport = on_slurm.transport()
+    assert wait_for(
+        lambda: (
+            output_of(
+                transport, f"squeue --noheader --states=PENDING,RUNNING --jobs={','.join(ids)}"
+            )
+            == ""
+        ),
+        60,
+    )
+    assert JobStore(record_path).get(record.job_id).state == "CANCELLED"
+
+
+def test_the_results_of_a_job_whose_client_died_mid_submission_can_be_collected(on_slurm, request):
+    record = _killed_mid_submission(on_slurm, 6, 0)
+    request.addfinalizer(lambda: _cancel_recorded(on_slurm, record.job_id))
+    assert clustrix.get_job(record.job_id).results(timeout=180) == [x * x for x in range(6)]
+
+
+def test_clean_settles_a_submission_whose_client_died_before_anything_was_accepted(on_slurm):
+    from click.testing import CliRunner
+
+    from clustrix.cli import main
+    from clustrix.store import JobRecord, this_process
+
+    backend = backend_for(clustrix.get_config())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    store = backend.store(clustrix.get_config())
+    store.add(
+        JobRecord(
+            job_id="20261129-000000-deadsubmitter",
+            function="f",
+            cluster_type="slurm",
+            host=backend.transport.where,
+            remote_folder=f"{backend.work_dir}/20261129-000000-deadsubmitter",
+            state="SUBMITTING",
+            items=2,
+            task_sizes=[1, 1],
+            connection=backend.connection,
+            parts=[{"offset": 0, "count": 2, "is_array": True}],
+            submitter=dict(this_process(), pid=dead.pid),
+        )
+    )
+    cleaned = CliRunner().invoke(main, ["clean", "--older-than", "0s", "--yes"])
+    assert cleaned.exit_code == 0, cleaned.output
+    assert "20261129-000000-deadsubmitter" in cleaned.output
+    assert store.get("20261129-000000-deadsubmitter") is None
