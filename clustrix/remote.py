@@ -47,7 +47,7 @@ from .errors import (
     ResultsCollectedElsewhereError,
     SchedulerUnavailableError,
 )
-from .futures import ClusterFuture, mark_cancelled
+from .futures import ClusterFuture, add_note, mark_cancelled
 from .job_runtime import shipped_runtime
 from .jobs import (
     RemoteJob,
@@ -825,10 +825,24 @@ class RemoteBackend:
             self._resubmit(job, [task])
             return []
         task.done = True
-        for future, (ok, _) in zip(task.futures, outcomes, strict=True):
+        for future, (ok, value) in zip(task.futures, outcomes, strict=True):
             future.attempts = task.attempts
             job.any_failed |= not ok
+            if not ok and isinstance(value, MemoryError):
+                add_note(value, self._memory_hint(job, where))
         return [(f, ok, value) for f, (ok, value) in zip(task.futures, outcomes, strict=True)]
+
+    @staticmethod
+    def _memory_hint(job: RemoteJob, where: str) -> str:
+        """What to do about a MemoryError raised in a job: on a cluster it is most often the
+        job's own memory limit (SGE's h_vmem, a ulimit), not the node's memory."""
+        memory = job.resources.memory_mb if job.resources is not None else None
+        limit = f"its limit was {memory} MB; " if memory else ""
+        return (
+            f"(the call ran out of memory in {where}: {limit}the scheduler may enforce the "
+            "job's memory request as a hard limit; ask for more with memory=, e.g. "
+            '@cluster(memory="8GB"))'
+        )
 
     def _fail_task(self, job: RemoteJob, task: Task, status: JobStatus) -> list[_Settlement]:
         """The failures of a task that ended without a result."""

@@ -48,3 +48,22 @@ def test_a_single_call_raising_keyboard_interrupt_raises_it_in_the_caller(on_slu
         item(4)
     assert "item 4 interrupted" in str(caught.value)
     assert "JobLaunchFailure" not in str(caught.value.__cause__)
+
+
+@cluster(time="00:05:00", memory="300MB")
+def allocate(megabytes):
+    return len(bytearray(megabytes * 2**20))
+
+
+def test_a_memory_error_at_the_sge_limit_says_to_raise_memory(on_sge):
+    with pytest.raises(MemoryError) as caught:
+        allocate(2000)
+    notes = " ".join(getattr(caught.value, "__notes__", []))
+    assert "memory=" in notes and "300 MB" in notes and "sge job" in notes
+
+
+def test_only_the_item_that_ran_out_of_memory_gets_the_hint(on_sge):
+    results = allocate.map([1, 2000, 2], chunksize=3, return_exceptions=True)
+    assert results[0] == 2**20 and results[2] == 2 * 2**20
+    assert isinstance(results[1], MemoryError)
+    assert "memory=" in " ".join(getattr(results[1], "__notes__", []))
