@@ -411,3 +411,29 @@ def test_hashed_and_marked_known_hosts_lines(test_cluster, tmp_path, no_global_k
     configured.write_text(right + f"@revoked {right}")
     with pytest.raises(HostKeyError, match=f"revoked at {configured}:2"):
         transport_for(test_cluster, configured).run("true")
+
+
+def _double(x):
+    return 2 * x
+
+
+def test_a_slurm_call_through_a_chatty_login_shell(on_slurm, chatty_login):
+    # Every command of a whole call (home, environment, staging, submission, status checks,
+    # results) goes through a shell that prints "errors" before each of them.
+    from clustrix import Resources
+    from clustrix.remote import RemoteBackend
+    from clustrix.schedulers import scheduler_for
+
+    config = clustrix.get_config()
+    backend = RemoteBackend(chatty_login, scheduler_for("slurm"), config)
+    assert backend.work_dir.startswith("/") and "help desk" not in backend.work_dir
+    job = backend.submit(
+        _double,
+        [((21,), {}), ((4,), {})],
+        config=config,
+        resources=Resources.parse(time="00:05:00"),
+        environment=None,
+        options={},
+    )
+    futures = [future for task in job.tasks for future in task.futures]
+    assert [future.result(timeout=120) for future in futures] == [42, 8]
