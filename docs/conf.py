@@ -1,8 +1,10 @@
 """Sphinx configuration of the Clustrix documentation.
 
-Build with ``python -m sphinx -W -b html docs docs/_build/html``. Notebooks under
-``notebooks/`` are executed at every build, so a cell that fails fails the build; the SLURM
-tutorial needs the test cluster (``scripts/testcluster.sh up``).
+Build with ``python -m sphinx -W -b html docs docs/_build/html``. Notebooks are executed at
+every build, so a cell that fails fails the build. Those that need a cluster (the SLURM
+tutorial) are executed when the test cluster is configured (``scripts/testcluster.sh up``) or
+``CLUSTRIX_DOCS_EXECUTE=all``; otherwise their stored outputs are shown, under a notice that says
+so (``_ext/clustrix_notebooks.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx_click",
     "clustrix_docs",
+    "clustrix_notebooks",
 ]
 
 exclude_patterns = ["_build", "**/.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
@@ -45,7 +48,9 @@ html_static_path: list[str] = []
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
-# Every notebook runs at every build; an exception in a cell fails the build.
+# Every notebook runs at every build; an exception in a cell fails the build. The extension
+# clustrix_notebooks leaves out those that need a cluster when none is configured (it adds them
+# to nb_execution_excludepatterns) and fails a build that should have run all but did not.
 nb_execution_mode = "force"
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True

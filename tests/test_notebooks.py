@@ -1,20 +1,28 @@
 """The tutorial notebooks run top to bottom, and Clustrix behaves in a Jupyter kernel.
 
-Notebooks that read the test cluster's settings (CLUSTRIX_TEST_*) run in
-tests/cluster/test_notebooks_remote.py, which needs the cluster.
+Notebooks that need a cluster (metadata ``"clustrix": {"needs_cluster": true}``) run in
+tests/cluster/test_notebooks_remote.py, which needs the test cluster; they are stored with the
+outputs of such a run, which documentation builds without a cluster show.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import time
 
 import nbformat
 import pytest
 from notebook_kernel import NOTEBOOKS, Kernel, execute, install_kernel, mime_types, text_of
+from testcluster_env import read_env_file
+
+sys.path.insert(0, str(NOTEBOOKS.parent / "_ext"))
+import clustrix_notebooks
 
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
-LOCAL = [path for path in ALL if "CLUSTRIX_TEST_SSH_HOST" not in path.read_text()]
+DOCUMENTS = clustrix_notebooks.notebooks(NOTEBOOKS.parent, ["_build"])
+NEEDS_CLUSTER = sorted(nb.path for nb in DOCUMENTS if nb.needs_cluster)
+LOCAL = [path for path in ALL if path not in NEEDS_CLUSTER]
 
 
 @pytest.fixture
@@ -47,13 +55,42 @@ def test_tutorial_runs_without_errors(kernel_spec, tmp_path, path):
         assert "same result as the plain loop: True" in everything
 
 
-@pytest.mark.parametrize("path", ALL, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", LOCAL, ids=lambda path: path.stem)
 def test_tutorials_are_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
+
+
+def test_documents_reading_the_test_cluster_say_they_need_a_cluster():
+    for document in DOCUMENTS:
+        if "CLUSTRIX_TEST_" in document.path.read_text():
+            assert document.needs_cluster, f"{document.path}: set clustrix.needs_cluster"
+    assert NEEDS_CLUSTER, "the SLURM tutorial needs a cluster"
+
+
+@pytest.mark.parametrize("path", NEEDS_CLUSTER, ids=lambda path: path.stem)
+def test_tutorials_needing_a_cluster_are_stored_with_a_clean_run(path):
+    """Stored outputs of one whole run, without the test machine's names, paths or widgets."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    (document,) = [d for d in DOCUMENTS if d.path == path]
+    assert document.stored_run_problem is None, (
+        f"{document.stored_run_problem}: run python docs/_ext/clustrix_notebooks.py {path}"
+    )
+    counts = [cell.execution_count for cell in nb.cells if cell.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1)), "one run, top to bottom"
+    cluster = read_env_file()
+    forbidden = [
+        value
+        for key, value in cluster.items()
+        if key in ("CLUSTRIX_TEST_SSH_HOST", "CLUSTRIX_TEST_SSH_KEY", "CLUSTRIX_TEST_KNOWN_HOSTS")
+    ]
+    if cluster.get("CLUSTRIX_TEST_SSH_USER"):
+        forbidden.append(f"/home/{cluster['CLUSTRIX_TEST_SSH_USER']}/")
+    assert clustrix_notebooks.stored_output_problems(path, tuple(forbidden)) == []
 
 
 def test_tutorial_index_lists_every_notebook():

@@ -6,6 +6,7 @@ exported (every ``export KEY=VALUE`` line of its env file), as the documentation
 
 from __future__ import annotations
 
+import sys
 import uuid
 
 import nbformat
@@ -25,8 +26,13 @@ import clustrix
 
 from .conftest import _read_env_file, _require, output_of, wait_for
 
+sys.path.insert(0, str(NOTEBOOKS.parent / "_ext"))
+import clustrix_notebooks
+
 NEEDS_CLUSTER = sorted(
-    path for path in NOTEBOOKS.glob("*.ipynb") if "CLUSTRIX_TEST_SSH_HOST" in path.read_text()
+    nb.path
+    for nb in clustrix_notebooks.notebooks(NOTEBOOKS.parent, ["_build"])
+    if nb.needs_cluster and nb.path.suffix == ".ipynb"
 )
 
 
@@ -44,7 +50,7 @@ def _configure_cell(test_cluster, cluster_type: str) -> str:
 
 
 def test_some_tutorial_needs_the_cluster():
-    assert NEEDS_CLUSTER, "the SLURM tutorial reads the test cluster's settings"
+    assert NEEDS_CLUSTER, "the SLURM tutorial needs the test cluster"
 
 
 @pytest.mark.parametrize("path", NEEDS_CLUSTER, ids=lambda path: path.stem)
