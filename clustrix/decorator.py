@@ -9,12 +9,18 @@ takes effect, and a call never changes the global configuration.
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import logging
 import operator
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from typing import Any, TypeVar, overload
+
+import cloudpickle
 
 from .config import ClusterConfig, resolve_config
 from .errors import ConfigError, NodeFailureError, WorkerCrashedError
@@ -171,21 +177,20 @@ class ClusterFunction:
         if pickling_for_remote():
             # Rebuilt with a stdlib callable, so the job side needs no Clustrix.
             return operator.itemgetter(0), ((self.__wrapped__,),)
-        # Importable by name (a module-level function): pickle a reference, as for any function.
-        # Otherwise (closures, __main__ under cloudpickle) rebuild from the wrapped function.
-        module = getattr(self, "__module__", None)
-        qualname = getattr(self, "__qualname__", "")
-        if module and module != "__main__" and "<locals>" not in qualname:
-            try:
-                import importlib
-
-                target: Any = importlib.import_module(module)
-                for part in qualname.split("."):
-                    target = getattr(target, part)
-                if target is self:
-                    return qualname
-            except (ImportError, AttributeError):
-                pass
+        if inspect.ismethod(self.__wrapped__):
+            # A decorated method bound to its instance: that attribute of the pickled instance.
+            owner, name = self.__wrapped__.__self__, self.__wrapped__.__func__.__name__
+            if isinstance(inspect.getattr_static(type(owner), name, None), ClusterFunction):
+                return getattr, (owner, name)
+        # As pickle does for any function: a reference to the module attribute holding it,
+        # also in a script's __main__. cloudpickle copies the functions of __main__ (the
+        # process loading them may run another __main__) and of modules registered with it by
+        # value instead, and so does this. Not reachable by name (closures, lambdas): rebuilt
+        # from the wrapped function and the decorator's arguments.
+        if _reachable_by_name(self) and not (
+            _copied_by_cloudpickle(self.__module__) and _cloudpickle_at_work()
+        ):
+            return self.__qualname__
         return (_rebuild, (self.__wrapped__, self._decorator_arguments()))
 
     def _decorator_arguments(self) -> dict[str, Any]:
@@ -497,6 +502,46 @@ def _loop_threads() -> ThreadPoolExecutor:
 
 def _rebuild(func: Callable[..., Any], arguments: dict[str, Any]) -> ClusterFunction:
     return ClusterFunction(func, **arguments)
+
+
+def _reachable_by_name(function: ClusterFunction) -> bool:
+    """Whether ``module.qualname`` names this very object, as pickling by reference needs."""
+    module_name = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None)
+    if not module_name or not qualname or "<locals>" in qualname:
+        return False
+    try:
+        target: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError):
+        return False
+    return target is function
+
+
+def _copied_by_cloudpickle(module_name: str) -> bool:
+    """Whether cloudpickle pickles this module's functions by value rather than by name."""
+    if module_name == "__main__":
+        return True
+    registered = cloudpickle.list_registry_pickle_by_value()
+    parts = module_name.split(".")
+    return any(".".join(parts[:n]) in registered for n in range(1, len(parts) + 1))
+
+
+def _cloudpickle_at_work() -> bool:
+    """Whether the object being pickled now is pickled by cloudpickle, not by pickle.
+
+    ``pickle.dumps`` runs in C and leaves no frame; cloudpickle's ``Pickler.dump`` is Python
+    code, so its frame is on the stack while it pickles (a copy vendored by another package
+    has the same file name).
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "dump" and os.path.basename(code.co_filename) == "cloudpickle.py":
+            return True
+        frame = frame.f_back
+    return False
 
 
 # Failures of the machine rather than of the call: running it again may well succeed.

@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import multiprocessing
 import os
 import pickle
 import subprocess
@@ -65,6 +66,11 @@ def fail_with(kind, message):
     return message
 
 
+@cluster(executor="threads")
+def square_in_a_thread(x):
+    return x * x
+
+
 @cluster
 def sleep_then_return(seconds, value):
     time.sleep(seconds)
@@ -95,6 +101,68 @@ def test_decorated_function_stays_picklable():
     clone = cloudpickle.loads(cloudpickle.dumps(cluster(cores=2)(lambda x: x + 1)))
     assert isinstance(clone, ClusterFunction) and clone(1) == 2
     assert clone.effective_config().default_cores == 2
+
+
+def _script_output(name, *arguments):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_decorated_function_of_a_script_survives_pickle():
+    """``pickle.loads(pickle.dumps(bare))(1)`` for a ``@cluster`` function of ``__main__``."""
+    assert _script_output("pickled_decorated.py", "exact").strip() == "2"
+
+
+def test_a_script_function_decorated_with_arguments_pickles_with_pickle_and_cloudpickle():
+    report = json.loads(_script_output("pickled_decorated.py", "arguments"))
+    assert report["pickle"] == [10, True]  # by reference: the very same object
+    assert report["cloudpickle"] == 10
+    # By value: loaded in an interpreter whose __main__ is not the script, arguments kept.
+    assert report["cloudpickle_elsewhere"] == ["20", "1"]
+
+
+def test_decorated_functions_and_methods_run_in_multiprocessing_pools():
+    report = json.loads(_script_output("pickled_decorated.py", "pools"))
+    expected = [[2, 3], [10, 20], [3, 6], [5, 10]]  # __main__, with arguments, module, method
+    assert report == {"fork": expected, "spawn": expected}
+
+
+def test_decorated_function_and_method_of_an_importable_module_round_trip(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import decorated_module
+
+    for dumps, loads in ((pickle.dumps, pickle.loads), (cloudpickle.dumps, cloudpickle.loads)):
+        assert loads(dumps(decorated_module.triple)) is decorated_module.triple
+        clone = loads(dumps(decorated_module.Scaler(4).scale))
+        assert isinstance(clone, ClusterFunction)
+        assert clone.__wrapped__.__func__ is decorated_module.Scaler.scale.__wrapped__
+        assert clone(2) == 8
+
+
+def _squares_in_a_forked_child(connection):
+    connection.send([square(3), square_in_a_thread(4)])
+
+
+def test_a_forked_child_uses_its_own_workers_not_the_parents():
+    """The parent's pools (their threads, their workers) do not exist in a forked child."""
+    assert square(2) == 4 and square_in_a_thread(2) == 4  # the parent's pools are running
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_squares_in_a_forked_child, args=(sender,))
+    child.start()
+    try:
+        assert receiver.poll(60), "the child's calls never finished"
+        assert receiver.recv() == [9, 16]
+    finally:
+        child.kill()
+        child.join()
 
 
 def test_main_module_functions_closures_lambdas_and_exceptions():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 
 from .executor import KINDS, LocalExecutor, available_cores, in_worker
@@ -21,6 +22,15 @@ def shared_executor(max_workers: int, kind: str) -> LocalExecutor:
         if executor is None:
             executor = _shared[key] = LocalExecutor(max_workers=max_workers, kind=kind)
         return executor
+
+
+def _after_fork_in_child() -> None:
+    global _shared_lock
+    _shared_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

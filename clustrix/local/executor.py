@@ -5,17 +5,25 @@ a segfault) cannot take the caller down. Threads are chosen automatically when t
 be pickled (a lock, an open connection...), and inline execution runs in the caller's thread so
 that breakpoints work. Many small calls are batched so that the per-task cost of a process pool
 is paid once per batch rather than once per call.
+
+Every process started here ends with the process that started it, however that one ends
+(``SIGKILL`` and ``os._exit`` included), and a call that was cancelled before it started never
+starts, even if the pool had already queued it for a worker.
 """
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import logging
 import math
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -65,6 +73,14 @@ def _mark_process_worker() -> None:
     signal.signal(signal.SIGINT, _ignore_signal)
 
 
+def _init_pool_worker(parent_pid: int, gate_states: Any, gate_lock: Any) -> None:
+    """Initializer of the pool's worker processes."""
+    global _GATE
+    _end_with_parent(parent_pid)
+    _mark_process_worker()
+    _GATE = (gate_states, gate_lock)
+
+
 def _ignore_signal(signum: int, frame: Any) -> None:
     pass
 
@@ -98,10 +114,190 @@ def _run_inline(func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         _thread_state.depth -= 1
 
 
-def _child_main(connection: Any, function_bytes: bytes, calls_bytes: bytes) -> None:
+def _child_main(
+    connection: Any, function_bytes: bytes, calls_bytes: bytes, parent_pid: int
+) -> None:
+    _end_with_parent(parent_pid)
     _mark_process_worker()
     connection.send_bytes(runner.run_pickled_batch(function_bytes, calls_bytes))
     connection.close()
+
+
+# ------------------------------------------------------------------ ending with the parent
+#
+# A pool worker waits for work on a pipe whose writing end every forked worker holds too, so
+# it never sees end-of-file: when the caller is killed (SIGKILL, os._exit, a crash), nothing
+# would tell its workers, and they would wait forever under PID 1. Two mechanisms end them:
+# on Linux the kernel's parent-death signal, and everywhere a thread in each child that
+# checks every second whether its parent is still the process that started it.
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_PARENT_CHECK_INTERVAL = 1.0
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """In a child Clustrix started: exit as soon as ``parent_pid`` is gone."""
+    # The kernel sends the parent-death signal when the *thread* that forked this process
+    # ends, not the process. Only a fork from the spawner thread (which lives as long as its
+    # process) may ask for it; a call made from a short-lived thread would otherwise lose its
+    # workers with that thread. The flag is the forking thread's, copied by fork.
+    forked_by_spawner = getattr(_thread_state, "spawner", False)
+    _thread_state.spawner = False
+    if forked_by_spawner and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was asked for
+        os._exit(1)
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), name="clustrix-parent-watch", daemon=True
+    ).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    # An orphan is adopted by init or a subreaper, so its parent pid changes.
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_CHECK_INTERVAL)
+    os._exit(1)
+
+
+_spawner_lock = threading.Lock()
+_spawner: tuple[int, queue.SimpleQueue] | None = None
+
+
+def _start_from_spawner(start: Callable[[], Any]) -> Any:
+    """Run ``start`` (which starts processes) in a thread that lives as long as this process.
+
+    Children started there can be tied to this process with the parent-death signal.
+    """
+    global _spawner
+    if getattr(_thread_state, "spawner", False):
+        return start()
+    with _spawner_lock:
+        if _spawner is None or _spawner[0] != os.getpid():  # none yet, or a forked copy
+            tasks: queue.SimpleQueue = queue.SimpleQueue()
+            threading.Thread(
+                target=_serve_spawns, args=(tasks,), name="clustrix-spawner", daemon=True
+            ).start()
+            _spawner = (os.getpid(), tasks)
+        tasks = _spawner[1]
+    done: Future = Future()
+    tasks.put((start, done))
+    return done.result()
+
+
+def _forget_spawner() -> None:
+    global _spawner, _spawner_lock
+    _spawner, _spawner_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_spawner)
+
+
+def _serve_spawns(tasks: queue.SimpleQueue) -> None:
+    _thread_state.spawner = True
+    while True:
+        start, done = tasks.get()
+        try:
+            done.set_result(start())
+        except BaseException as exc:  # handed to the waiting caller
+            done.set_exception(exc)
+
+
+# ------------------------------------------------------------- not starting cancelled calls
+#
+# A process pool hands up to one call more than it has workers to their queue ahead of time,
+# and marks those calls running: Future.cancel() cannot take them back, so after a Ctrl-C on a
+# map (or a cancel, or shutdown(cancel_futures=True)) they would still start as workers free
+# up. Each submission therefore carries a ticket, a slot in memory shared with the workers: a
+# worker claims the slot right before it starts the call, unless the caller marked it
+# cancelled first. Both sides decide under one shared lock, so exactly one of them wins.
+
+_GATE: tuple[Any, Any] | None = None  # in a worker: the pool's (slot states, lock)
+_GATE_WAIT = 5.0  # seconds; longer means a process died holding the lock (the pool is broken)
+_NO_TICKET = (-1, 0)
+
+
+def _gated_batch(ticket: tuple[int, int], function_bytes: bytes, calls_bytes: bytes) -> Any:
+    """In a worker: run the batch, or return None if it was cancelled before starting."""
+    slot, seq = ticket
+    if slot >= 0 and _GATE is not None:
+        states, lock = _GATE
+        if lock.acquire(timeout=_GATE_WAIT):
+            try:
+                if states[slot] == -seq:
+                    return None
+                states[slot] = seq
+            finally:
+                lock.release()
+    return runner.run_pickled_batch(function_bytes, calls_bytes)
+
+
+class _StartGate:
+    """The caller's side of the tickets of one process pool."""
+
+    SLOTS = 4096  # submissions beyond this many at once go without a ticket
+
+    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+        self.states = context.RawArray("q", self.SLOTS)  # seq: started; -seq: cancelled
+        self.lock = context.Lock()
+        self._guard = threading.Lock()
+        self._free = list(range(self.SLOTS))
+        self._numbers = itertools.count(1)
+        self._live: dict[tuple[int, int], Future] = {}
+
+    def ticket(self) -> tuple[int, int]:
+        with self._guard:
+            return (self._free.pop(), next(self._numbers)) if self._free else _NO_TICKET
+
+    def track(self, ticket: tuple[int, int], inner: Future) -> None:
+        if ticket == _NO_TICKET:
+            return
+        with self._guard:
+            self._live[ticket] = inner
+        inner.add_done_callback(lambda _: self.release(ticket))
+
+    def release(self, ticket: tuple[int, int]) -> None:
+        if ticket == _NO_TICKET:
+            return
+        with self._guard:
+            self._live.pop(ticket, None)
+            self._free.append(ticket[0])
+
+    def cancel(self, ticket: tuple[int, int], inner: Future) -> bool:
+        """Make sure the submission never starts; False if it already has."""
+        if inner.cancel():  # still with the pool, not yet queued for a worker
+            return True
+        with self._guard:
+            if ticket not in self._live:  # no ticket, or finished
+                return False
+            slot, seq = ticket
+            if not self.lock.acquire(timeout=_GATE_WAIT):
+                return False
+            try:
+                if self.states[slot] == seq:
+                    return False
+                self.states[slot] = -seq
+                return True
+            finally:
+                self.lock.release()
+
+    def cancel_all(self) -> None:
+        with self._guard:
+            live = list(self._live.items())
+        for ticket, inner in live:
+            self.cancel(ticket, inner)
+
+
+def _batch_data(inner: Future) -> bytes:
+    """The result of a gated batch; CancelledError if the gate stopped it."""
+    data = inner.result()
+    if data is None:
+        raise CancelledError()
+    return data
 
 
 class LocalExecutor:
@@ -137,6 +333,10 @@ class LocalExecutor:
         self._workers: weakref.WeakKeyDictionary[
             ProcessPoolExecutor, list[multiprocessing.process.BaseProcess]
         ] = weakref.WeakKeyDictionary()
+        self._gates: weakref.WeakKeyDictionary[ProcessPoolExecutor, _StartGate] = (
+            weakref.WeakKeyDictionary()
+        )
+        _executors.add(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -147,21 +347,40 @@ class LocalExecutor:
         self.shutdown()
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        """Stop the worker pools; they start again on the next call if there is one."""
+        """Stop the worker pools; they start again on the next call if there is one.
+
+        ``cancel_futures`` cancels every call not started yet, including those the process
+        pool had already queued for a worker.
+        """
         with self._lock:
             pools = [p for p in (self._processes, self._threads) if p is not None]
             self._processes = self._threads = None
+            gates = [self._gates[p] for p in pools if p in self._gates]
+        if cancel_futures:
+            for gate in gates:
+                gate.cancel_all()
         for pool in pools:
             pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def _process_pool(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._processes is None:
-                self._processes = ProcessPoolExecutor(
+                context = _process_context()
+                gate = _StartGate(context)
+                pool = ProcessPoolExecutor(
                     self.max_workers,
-                    mp_context=_process_context(),
-                    initializer=_mark_process_worker,
+                    mp_context=context,
+                    initializer=_init_pool_worker,
+                    initargs=(os.getpid(), gate.states, gate.lock),
                 )
+                self._gates[pool] = gate
+                self._processes = pool
+                if context.get_start_method() == "fork":
+                    # A fork pool starts all its workers at its first submission: make that
+                    # one from the spawner thread, so the workers may use the parent-death
+                    # signal.
+                    _start_from_spawner(lambda: pool.submit(int))
+                    self._workers[pool] = list((getattr(pool, "_processes", None) or {}).values())
             return self._processes
 
     def worker_pool(self) -> ProcessPoolExecutor:
@@ -183,13 +402,25 @@ class LocalExecutor:
                 self._threads = ThreadPoolExecutor(self.max_workers, thread_name_prefix="clustrix")
             return self._threads
 
-    def _submit_to_processes(self, *call: Any) -> tuple[ProcessPoolExecutor, Future]:
+    def _submit_to_processes(
+        self, function_bytes: bytes, calls_bytes: bytes
+    ) -> tuple[ProcessPoolExecutor, Future, Callable[[], bool]]:
+        """Submit one batch; also returns how to cancel it until the moment it starts."""
         pool = self._process_pool()
-        inner = pool.submit(*call)
         with self._lock:
-            if pool not in self._workers:
-                self._workers[pool] = list(getattr(pool, "_processes", {}).values())
-        return pool, inner
+            gate = self._gates[pool]
+        ticket = gate.ticket()
+        try:
+            inner = pool.submit(_gated_batch, ticket, function_bytes, calls_bytes)
+        except BaseException:
+            gate.release(ticket)
+            raise
+        gate.track(ticket, inner)
+        processes = getattr(pool, "_processes", None) or {}
+        with self._lock:
+            if len(processes) > len(self._workers.get(pool, ())):  # started on demand
+                self._workers[pool] = list(processes.values())
+        return pool, inner, lambda: gate.cancel(ticket, inner)
 
     def _forget_broken_pool(self, pool: ProcessPoolExecutor) -> None:
         with self._lock:
@@ -202,6 +433,13 @@ class LocalExecutor:
         self, func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
     ) -> str:
         """Resolve ``auto`` for one call, logging why at debug level."""
+        if self.kind in ("auto", "processes") and multiprocessing.current_process().daemon:
+            logger.debug(
+                "running %s in a thread: this process is a daemonic worker (of a "
+                "multiprocessing.Pool, say), which may not start processes",
+                function_name(func),
+            )
+            return "threads"
         if self.kind != "auto":
             return self.kind
         reason = is_picklable_call(func, args, kwargs)
@@ -245,10 +483,8 @@ class LocalExecutor:
         if timeout is not None:
             return self._submit_with_deadline(func, function_bytes, calls_bytes, timeout)
         future = ClusterFuture(name, "local:processes")
-        pool, inner = self._submit_to_processes(
-            runner.run_pickled_batch, function_bytes, calls_bytes
-        )
-        future.bind_cancel(inner.cancel)
+        pool, inner, cancel = self._submit_to_processes(function_bytes, calls_bytes)
+        future.bind_cancel(cancel)
         inner.add_done_callback(lambda done: self._settle_single(done, future, pool, func))
         return future
 
@@ -259,8 +495,8 @@ class LocalExecutor:
         pool: ProcessPoolExecutor,
         func: Callable[..., Any],
     ) -> None:
-        if inner.cancelled():
-            mark_cancelled(future)
+        if inner.cancelled() or (inner.exception() is None and inner.result() is None):
+            mark_cancelled(future)  # cancelled with the pool, or stopped at its gate
             return
         try:
             (outcome,) = batch_outcomes(inner.result(), where=_WHERE, func=func)
@@ -299,7 +535,9 @@ class LocalExecutor:
         context = _process_context()
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
-            target=_child_main, args=(sender, function_bytes, calls_bytes), daemon=True
+            target=_child_main,
+            args=(sender, function_bytes, calls_bytes, os.getpid()),
+            daemon=True,
         )
 
         def watch() -> None:
@@ -338,7 +576,7 @@ class LocalExecutor:
             process.terminate()
             return True
 
-        process.start()
+        _start_from_spawner(process.start)
         sender.close()
         future.bind_cancel(cancel_job)
         threading.Thread(target=watch, name=f"clustrix-deadline-{name}", daemon=True).start()
@@ -411,19 +649,16 @@ class LocalExecutor:
     ) -> list[tuple[bool, Any]]:
         function_bytes = pickle_function(func)
         batches = [calls[start : start + chunksize] for start in range(0, len(calls), chunksize)]
-        submitted = [
-            self._submit_to_processes(
-                runner.run_pickled_batch, function_bytes, pickle_calls(func, batch)
-            )
-            for batch in batches
-        ]
-        pool = submitted[0][0]
-        inner = [future for _, future in submitted]
+        submitted: list[tuple[ProcessPoolExecutor, Future, Callable[[], bool]]] = []
         outcomes: list[tuple[bool, Any]] = []
         try:
-            for batch, done in zip(batches, inner, strict=True):
+            for batch in batches:
+                submitted.append(
+                    self._submit_to_processes(function_bytes, pickle_calls(func, batch))
+                )
+            for batch, (pool, done, _) in zip(batches, submitted, strict=True):
                 try:
-                    batch_results = batch_outcomes(done.result(), where=_WHERE, func=func)
+                    batch_results = batch_outcomes(_batch_data(done), where=_WHERE, func=func)
                 except BrokenProcessPool:
                     crash = self._pool_crashed(pool, function_name(func))
                     outcomes.extend((False, crash) for _ in batch)
@@ -436,8 +671,9 @@ class LocalExecutor:
                         return outcomes
             return outcomes
         finally:
-            for pending in inner:
-                pending.cancel()
+            # After a failure or an interrupt (Ctrl-C), no batch that has not started starts.
+            for _, _, cancel in submitted:
+                cancel()
 
     def execute_parallel(
         self, func: Callable[..., Any], chunks: Iterable[tuple | dict[str, Any]]
@@ -459,6 +695,25 @@ class LocalExecutor:
         base = dict(func_kwargs or {})
         calls = [(tuple(func_args), {**base, loop_var: item}) for item in iterable]
         return self.run_calls(func, calls, chunksize=chunk_size)
+
+
+_executors: weakref.WeakSet[LocalExecutor] = weakref.WeakSet()
+_inherited: list[Any] = []
+
+
+def _forget_inherited_pools() -> None:
+    """In a forked child: the parent's pools have no threads or workers here, so use new ones.
+
+    The old pool objects are kept, not shut down: their pipes and workers are the parent's.
+    """
+    for executor in list(_executors):
+        executor._lock = threading.Lock()
+        _inherited.extend(p for p in (executor._processes, executor._threads) if p is not None)
+        executor._processes = executor._threads = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_pools)
 
 
 def _capture(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> tuple[bool, Any]:
