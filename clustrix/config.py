@@ -21,7 +21,9 @@ import difflib
 import functools
 import json
 import os
+import re
 import threading
+import unicodedata
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -72,6 +74,11 @@ class FieldSpec:
     maximum: float | None = None
     secret: bool = False
     nullable: bool = False  # for int settings whose absence means "ask someone else"
+    #: What the text of a str, list or dict setting may hold: "line" (one line without
+    #: control characters), "name" (a line without whitespace either: it is written on
+    #: scheduler directive lines) or "multiline" (shell commands and quoted values: anything
+    #: but NUL). Secrets are not checked.
+    text: str = "line"
 
 
 FIELD_SPECS: dict[str, FieldSpec] = {
@@ -110,10 +117,10 @@ FIELD_SPECS: dict[str, FieldSpec] = {
     "default_cores": FieldSpec("int", "CPU cores per job.", minimum=1),
     "default_memory": FieldSpec("memory", "Memory per job, e.g. '4GB' (1GB = 1024MB)."),
     "default_time": FieldSpec("time", "Time limit per job, e.g. '01:00:00' or '90m'."),
-    "default_partition": FieldSpec("optional_str", "SLURM partition."),
-    "default_queue": FieldSpec("optional_str", "SGE or PBS queue."),
-    "account": FieldSpec("optional_str", "Scheduler account to charge."),
-    "qos": FieldSpec("optional_str", "SLURM quality of service."),
+    "default_partition": FieldSpec("optional_str", "SLURM partition.", text="name"),
+    "default_queue": FieldSpec("optional_str", "SGE or PBS queue.", text="name"),
+    "account": FieldSpec("optional_str", "Scheduler account to charge.", text="name"),
+    "qos": FieldSpec("optional_str", "SLURM quality of service.", text="name"),
     "remote_work_dir": FieldSpec(
         "str", "Folder for job files on the cluster; under home, which compute nodes share."
     ),
@@ -168,9 +175,13 @@ FIELD_SPECS: dict[str, FieldSpec] = {
     "echo_job_output": FieldSpec(
         "bool", "Print a remote job's stdout and stderr locally when it finishes."
     ),
-    "environment_variables": FieldSpec("dict", "Variables exported in every job script."),
+    "environment_variables": FieldSpec(
+        "dict", "Variables exported in every job script.", text="multiline"
+    ),
     "module_loads": FieldSpec("list", "Environment modules loaded in every job script."),
-    "pre_execution_commands": FieldSpec("list", "Shell commands run before every job."),
+    "pre_execution_commands": FieldSpec(
+        "list", "Shell commands run before every job.", text="multiline"
+    ),
 }
 
 
@@ -288,6 +299,49 @@ def _invalid(name: str, value: Any, allowed: str) -> ConfigError:
     )
 
 
+_TEXT_ALLOWED = {
+    "line": "one line of text without control characters",
+    "name": "a name without whitespace or control characters",
+    "multiline": "text without NUL characters",
+}
+#: Shell variable names: what ``export NAME=...`` accepts in every shell.
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def text_problem(text: str, rule: str = "line") -> str | None:
+    """What makes ``text`` unfit for ``rule`` (see ``FieldSpec.text``), or None if nothing.
+
+    Line breaks, NUL and the other control characters are what could end a directive or a
+    script line early, or start a new one; a "name" holds no whitespace either, because
+    qsub splits directive lines on it.
+    """
+    for char in text:
+        if char == "\0":
+            return "a NUL character"
+        if rule == "multiline":
+            continue
+        category = unicodedata.category(char)
+        if char in "\n\r\v\f\x1c\x1d\x1e\x85" or category in ("Zl", "Zp"):
+            return "a line break"
+        if category == "Cc":
+            return f"a control character ({char!r})"
+        if rule == "name" and char.isspace():
+            return "whitespace"
+    return None
+
+
+def _check_text(name: str, value: Any, spec: FieldSpec, text: str, allowed: str) -> None:
+    """Refuse ``text`` (``value`` or a part of it) unfit for the setting's text rule;
+    ``allowed`` says what is expected, with ``{}`` where the rule's description goes."""
+    if spec.secret:
+        return
+    problem = text_problem(text, spec.text)
+    if problem:
+        raise _invalid(
+            name, value, allowed.format(_TEXT_ALLOWED[spec.text]) + f" (it contains {problem})"
+        )
+
+
 def validate_value(name: str, value: Any) -> Any:
     """Check ``value`` for setting ``name`` and return its normalised form."""
     spec = FIELD_SPECS[name]
@@ -307,10 +361,12 @@ def validate_value(name: str, value: Any) -> Any:
             return None
         if not isinstance(value, str) or not value.strip():
             raise _invalid(name, value, "a non-empty string, or null")
+        _check_text(name, value, spec, value, "{}, or null")
         return value
     if kind == "str":
         if not isinstance(value, str) or not value.strip():
             raise _invalid(name, value, "a non-empty string")
+        _check_text(name, value, spec, value, "{}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
@@ -331,16 +387,24 @@ def validate_value(name: str, value: Any) -> Any:
             raise _invalid(name, value, "a list of strings")
         if not all(isinstance(item, str) for item in value):
             raise _invalid(name, value, "a list of strings")
+        for item in value:
+            _check_text(name, value, spec, item, "a list of strings, each {}")
         return tuple(value)
     if kind == "dict":
         if not isinstance(value, Mapping):
             raise _invalid(name, value, "a mapping of names to string values")
         normalised = {}
         for key, item in value.items():
-            if not isinstance(key, str) or not key.isidentifier():
-                raise _invalid(name, value, f"variable names that are identifiers (got {key!r})")
+            if not isinstance(key, str) or not VARIABLE_NAME.fullmatch(key):
+                raise _invalid(
+                    name,
+                    value,
+                    "variable names that are identifiers of ASCII letters, digits and _, "
+                    f"not starting with a digit (got {key!r})",
+                )
             if isinstance(item, bool) or not isinstance(item, (str, int, float)):
                 raise _invalid(name, value, f"string values (got {item!r} for {key})")
+            _check_text(name, value, spec, str(item), f"string values of {{}} ({key})")
             normalised[key] = str(item)
         return _FrozenDict(normalised)
     raise AssertionError(f"unhandled kind {kind}")  # pragma: no cover

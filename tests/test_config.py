@@ -336,3 +336,79 @@ def test_a_password_in_a_config_file_is_flagged(tmp_path):
     path.write_text("cluster_host: login\npassword: hunter2\n")
     with pytest.warns(UserWarning, match=r"with-password.yaml:2: 'password' is stored in plain"):
         clustrix.config.read_config_file(path)
+
+
+# ---------------------------------------------------------------------- text written into job scripts
+
+
+def test_an_sge_account_with_a_line_break_is_refused_at_configure():
+    with pytest.raises(ConfigError) as info:
+        configure(cluster_type="sge", account="a\ntouch /tmp/marker")
+    message = str(info.value)
+    assert "account='a\\ntouch /tmp/marker' is not valid" in message
+    assert "a name without whitespace or control characters" in message
+    assert "line break" in message
+    assert info.value.field == "account"
+    assert get_config().account is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("default_partition", "gpu\ntouch /tmp/marker", "a line break"),
+        ("qos", "short\r#SBATCH --mem=1T", "a line break"),
+        ("account", "a\x1b[2Kb", "a control character"),
+        ("default_queue", "all.q\u2028touch /tmp/marker", "a line break"),
+        ("account", "two words", "whitespace"),
+        ("default_queue", "all.q -l h_rt=1", "whitespace"),
+    ],
+)
+def test_directive_settings_refuse_control_characters_and_whitespace(
+    name, value, problem, monkeypatch, tmp_path
+):
+    with pytest.raises(ConfigError, match=problem) as info:
+        configure(**{name: value})
+    assert info.value.field == name
+    # The same check whatever the layer: a config file...
+    path = write(tmp_path / "clustrix.yaml", yaml.safe_dump({name: value}))
+    with pytest.raises(ConfigError, match=rf"clustrix.yaml:1: {name}=.*{problem}"):
+        load_config(path)
+    # ...an environment variable (inner line breaks survive its stripping)...
+    monkeypatch.setenv(f"CLUSTRIX_{name.upper()}", value)
+    with pytest.raises(ConfigError, match=problem):
+        get_config()
+    monkeypatch.delenv(f"CLUSTRIX_{name.upper()}")
+    # ...or a decorator argument, before anything is submitted.
+    if name in ("default_partition", "default_queue"):
+        argument = name.removeprefix("default_")
+
+        @clustrix.cluster(**{argument: value})
+        def f():
+            return 1
+
+        with pytest.raises(ConfigError, match=problem):
+            f.effective_config()
+
+
+def test_paths_and_names_are_one_line_but_commands_and_values_may_span_lines():
+    for name in ("remote_work_dir", "python_executable", "conda_env_name", "key_file"):
+        with pytest.raises(ConfigError, match="line break") as info:
+            configure(**{name: "/a\nb"})
+        assert info.value.field == name
+    with pytest.raises(ConfigError, match="line break"):
+        configure(module_loads=["gcc/12\ntouch /tmp/marker"])
+    with pytest.raises(ConfigError, match="NUL"):
+        configure(environment_variables={"A": "x\x00y"})
+    config = configure(
+        environment_variables={"PEM": "line one\nline two"},
+        pre_execution_commands=["if true; then\n  echo hi\nfi"],
+        password="any\ncharacters",
+    )
+    assert config.environment_variables["PEM"] == "line one\nline two"
+
+
+@pytest.mark.parametrize("name", ["A\nB", "X;touch", "é", "A B", "A-B", "1A", ""])
+def test_environment_variable_names_are_plain_shell_identifiers(name):
+    with pytest.raises(ConfigError, match="variable names that are identifiers") as info:
+        configure(environment_variables={name: "1"})
+    assert info.value.field == "environment_variables"

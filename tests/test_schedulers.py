@@ -183,3 +183,77 @@ def test_options_set_to_none_or_false_are_left_out():
     script = SlurmScheduler().render_script(Resources.parse(), context(options=options))
     assert "--nodelist=n1" in script
     assert "constraint" not in script and "exclusive" not in script
+
+
+# ---------------------------------------------------------------------- values on directive lines
+
+
+def test_slurm_option_values_are_quoted_on_their_directive_line():
+    # Quotes, backslash escapes and '#' comments as sbatch 22.05 reads #SBATCH lines
+    # (verified there: tests/cluster/test_script_injection.py).
+    scheduler = SlurmScheduler()
+    options = {
+        "comment": "two words",
+        "mail_user": "me@example.org",
+        "constraint": 'say "hi" # not a comment; k=v \\ it\'s $(x)',
+        "begin": "now+1hour",
+    }
+    scheduler.check_options(options)
+    script = scheduler.render_script(Resources.parse(), context(options=options))
+    assert '#SBATCH --comment="two words"\n' in script
+    assert "#SBATCH --mail-user=me@example.org\n" in script
+    assert '#SBATCH --constraint="say \\"hi\\" # not a comment; k=v \\\\ it\'s $(x)"\n' in script
+    assert "#SBATCH --begin=now+1hour\n" in script
+
+
+@pytest.mark.parametrize(
+    ("field", "changes"),
+    [
+        ("partition", {"resources": Resources(partition="gpu\ntouch /tmp/marker")}),
+        ("account", {"account": "proj\ntouch /tmp/marker"}),
+        ("qos", {"qos": "short\r\ntouch /tmp/marker"}),
+        ("comment", {"options": {"comment": "x\x00y"}}),
+    ],
+)
+def test_every_slurm_directive_is_checked_as_it_is_written(field, changes):
+    # Whatever reaches a directive (here without the checks of configure() and
+    # check_options), nothing can end its line and start one of its own.
+    resources = changes.pop("resources", Resources.parse())
+    with pytest.raises(ConfigError, match=r"cannot be written on a '#SBATCH' line") as info:
+        SlurmScheduler().render_script(resources, context(**changes))
+    assert info.value.field == field
+
+
+def test_option_values_must_be_plain_values():
+    from pathlib import PurePosixPath
+
+    with pytest.raises(ConfigError, match="expected a string, a number, True or False"):
+        SlurmScheduler().check_options({"comment": PurePosixPath("x\ntouch /tmp/marker")})
+    with pytest.raises(ConfigError, match="control character"):
+        SlurmScheduler().check_options({"comment": "a\x1b[2Kb"})
+
+
+@pytest.mark.parametrize("name", ["A\nB", "X;touch /tmp/marker", "é", "", "1A"])
+def test_setup_lines_refuse_variable_names_that_are_not_identifiers(name):
+    with pytest.raises(ConfigError, match="expected a variable name") as info:
+        setup_lines([], {name: "1"}, [])
+    assert info.value.field == "environment_variables"
+    with pytest.raises(ConfigError, match="line break"):
+        setup_lines(["gcc\ntouch /tmp/marker"], {}, [])
+
+
+def test_ssh_nice_must_be_an_integer():
+    scheduler = DirectScheduler()
+    scheduler.check_options({"nice": 5})
+    for value in ("5; touch /tmp/marker", 5.5, True, 40):
+        with pytest.raises(ConfigError, match="expected an integer from -20 to 19"):
+            scheduler.check_options({"nice": value})
+
+
+def test_every_directive_is_checked_before_it_is_written():
+    class Careless(SlurmScheduler):
+        def directives(self, resources, context):
+            return [*super().directives(resources, context), f"--comment={context.job_name}"]
+
+    with pytest.raises(ConfigError, match="directive '--comment=a\\\\ntouch /tmp/marker'"):
+        Careless().render_script(Resources.parse(), context(job_name="a\ntouch /tmp/marker"))

@@ -657,3 +657,47 @@ def test_pbs_qstat_options_fall_back(tmp_path: Path, refuses, expected):
     ).stdout
     status = scheduler.parse_status(output, ["1.s"])["1.s"]
     assert (status.state, status.reason) == (JobState.RUNNING, expected)
+
+
+# ---------------------------------------------------------------------- values on directive lines
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "changes", "field"),
+    [
+        (SgeScheduler(), {"account": "a\ntouch /tmp/marker"}, "account"),
+        (SgeScheduler(), {"resources": Resources(queue="all.q\ntouch /tmp/marker")}, "queue"),
+        (SgeScheduler(), {"options": {"pe": "smp\ntouch /tmp/marker"}}, "pe"),
+        (SgeScheduler(), {"account": "two words"}, "account"),
+        (SgeScheduler(), {"resources": Resources(queue="all.q -l h_rt=1")}, "queue"),
+        (PbsScheduler(), {"account": "a\ntouch /tmp/marker"}, "account"),
+        (PbsScheduler(), {"options": {"select": "model=a100 -q x"}}, "select"),
+        (PbsScheduler(), {"resources": Resources(queue="batch\r\n#PBS -q x")}, "queue"),
+    ],
+)
+def test_every_qsub_directive_value_is_checked_as_it_is_written(scheduler, changes, field):
+    # Whatever reaches a directive (here without the checks of configure() and
+    # check_options): no line break, and no whitespace, on which qsub splits these lines.
+    resources = changes.pop("resources", Resources.parse(cores=2))
+    with pytest.raises(ConfigError, match="cannot be written on a '#") as info:
+        scheduler.render_script(resources, context(**changes))
+    assert info.value.field == field
+
+
+def test_sge_refuses_script_lines_that_start_like_a_directive():
+    # qsub reads '#$' lines anywhere in the script (verified on the test cluster): a quoted
+    # variable value spanning lines must not put one there.
+    scheduler = SgeScheduler()
+    with pytest.raises(ConfigError, match="would start with '#\\$'"):
+        scheduler.render_script(
+            Resources.parse(),
+            context(environment_variables={"NOTE": "fine\n#$ -A someone-else"}),
+        )
+    with pytest.raises(ConfigError, match="would start with '#\\$'"):
+        scheduler.render_script(
+            Resources.parse(), context(pre_execution_commands=("true\n#$ -l h_rt=99:00:00",))
+        )
+    script = scheduler.render_script(
+        Resources.parse(), context(environment_variables={"NOTE": "fine\n  #$ is text here"})
+    )
+    assert "export NOTE='fine\n  #$ is text here'" in script

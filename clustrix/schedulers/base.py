@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import difflib
 import enum
+import numbers
 import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..config import VARIABLE_NAME, text_problem
 from ..errors import ConfigError
 from ..resources import Resources
 
@@ -95,12 +97,36 @@ def setup_lines(
     """Shell lines that prepare a job's environment; every configured value is quoted.
 
     ``pre_execution_commands`` are commands the user wrote to be run, so they are kept as
-    written; module names and variable values are data and can never execute.
+    written; module names and variable values are data and can never execute. Variable
+    names cannot be quoted: one that is not a plain identifier is refused.
     """
-    lines = [f"module load {shlex.quote(module)}" for module in module_loads]
-    lines += [
-        f"export {name}={shlex.quote(value)}" for name, value in environment_variables.items()
-    ]
+    lines = []
+    for module in module_loads:
+        problem = text_problem(module)
+        if problem:
+            raise ConfigError(
+                f"module_loads: {module!r} is not valid: expected a module name on one line "
+                f"without control characters (it contains {problem})",
+                field="module_loads",
+                value=module,
+            )
+        lines.append(f"module load {shlex.quote(module)}")
+    for name, value in environment_variables.items():
+        if not isinstance(name, str) or not VARIABLE_NAME.fullmatch(name):
+            raise ConfigError(
+                f"environment_variables: {name!r} is not valid: expected a variable name of "
+                "ASCII letters, digits and _, not starting with a digit",
+                field="environment_variables",
+                value=name,
+            )
+        if "\0" in value:
+            raise ConfigError(
+                f"environment_variables: the value of {name} contains a NUL character, "
+                "which no shell variable can hold",
+                field="environment_variables",
+                value=value,
+            )
+        lines.append(f"export {name}={shlex.quote(value)}")
     lines += list(pre_execution_commands)
     return lines
 
@@ -171,7 +197,8 @@ class Scheduler:
     # ------------------------------------------------------------------ shared
 
     def check_options(self, options: Mapping[str, Any]) -> None:
-        """Reject unknown pass-through options, naming the closest valid one."""
+        """Reject unknown pass-through options, naming the closest valid one, and values
+        that cannot be written on a directive line (see ``directive_value``)."""
         for name, value in options.items():
             if name not in self.option_help:
                 close = difflib.get_close_matches(name, list(self.option_help), n=1)
@@ -182,22 +209,42 @@ class Scheduler:
                     field=name,
                     value=value,
                 )
-            if isinstance(value, str) and ("\n" in value or "\r" in value):
+            if value is None or isinstance(value, bool):
+                continue
+            if not isinstance(value, (str, numbers.Real)):
                 raise ConfigError(
-                    f"{self.name} option {name}={value!r} contains a line break",
+                    f"{self.name} option {name}={value!r} is not valid: expected a string, "
+                    "a number, True or False",
                     field=name,
                     value=value,
                 )
-            if (
-                self.values_without_whitespace
-                and isinstance(value, str)
-                and (not value.strip() or re.search(r"\s", value))
-            ):
-                raise ConfigError(
-                    f"{self.name} option {name}={value!r} must be non-empty and without whitespace",
-                    field=name,
-                    value=value,
-                )
+            self.directive_value(name, value)
+
+    def directive_value(self, name: str, value: Any) -> str:
+        """``value`` of option or setting ``name`` as written on a directive line.
+
+        The one place a value is rendered for a directive: one that cannot be written there
+        (a line break would start a line of its own; qsub splits on whitespace) is refused
+        with a ConfigError naming it and what is allowed. Subclasses may quote.
+        """
+        text = str(value)
+        problem = text_problem(text)
+        allowed = "one line without control characters"
+        if problem is None and self.values_without_whitespace:
+            allowed = "a non-empty value without whitespace (qsub splits directive lines on it)"
+            problem = None if text.strip() else "nothing"
+            if any(char.isspace() for char in text):
+                problem = "whitespace"
+        if problem:
+            kind = "option" if name in self.option_help else "setting"
+            raise ConfigError(
+                f"{self.name} {kind} {name}={value!r} cannot be written on a "
+                f"'{self.directive_prefix or self.name}' line: it contains {problem}; "
+                f"allowed: {allowed}",
+                field=name,
+                value=value,
+            )
+        return text
 
     def flag_directives(self, options: Mapping[str, Any]) -> list[str]:
         """Directives for the pass-through options listed in ``flag_options``."""
@@ -213,11 +260,30 @@ class Scheduler:
             if name in self.yes_no_options:
                 lines.append(f"{flag} {'y' if value else 'n'}")
             elif flag.endswith("="):
-                lines.append(f"{flag}{value}")
+                lines.append(f"{flag}{self.directive_value(name, value)}")
             elif value is True:
                 lines.append(flag)
             else:
-                lines.append(f"{flag} {value}")
+                lines.append(f"{flag} {self.directive_value(name, value)}")
+        return lines
+
+    def directive_lines(self, resources: Resources, context: ScriptContext) -> list[str]:
+        """The script's directive lines, each checked to be one line.
+
+        Every value in them went through ``directive_value``; this checks the lines again
+        as they are written, so that nothing can end one early and start a line of its own.
+        """
+        lines = []
+        for directive in self.directives(resources, context):
+            problem = text_problem(directive)
+            if problem:
+                raise ConfigError(
+                    f"the {self.name} directive {directive!r} cannot be written: it contains "
+                    f"{problem}; a directive is one line without control characters",
+                    field="directive",
+                    value=directive,
+                )
+            lines.append(f"{self.directive_prefix} {directive}")
         return lines
 
     def render_script(self, resources: Resources, context: ScriptContext) -> str:
@@ -232,9 +298,7 @@ class Scheduler:
         else:
             element = self.array_index_expression
             task = f"$(( {context.array.offset} + {element} - {self.array_base} ))"
-        lines = ["#!/bin/bash"]
-        lines += [f"{self.directive_prefix} {d}" for d in self.directives(resources, context)]
-        lines += [
+        body = [
             f"# {self.name} job written by clustrix",
             f"cd {folder}",
             f"task={task}",
@@ -247,7 +311,25 @@ class Scheduler:
             ),
             self.task_launch(resources, context),
         ]
-        return "\n".join(lines) + "\n"
+        self._check_body("\n".join(body))
+        return "\n".join(["#!/bin/bash", *self.directive_lines(resources, context), *body]) + "\n"
+
+    def _check_body(self, body: str) -> None:
+        """Refuse a script body with a line that starts like a directive: qsub (Grid Engine)
+        reads such lines anywhere in the script, so a quoted value spanning lines could
+        otherwise add a directive."""
+        if not self.directive_prefix:
+            return
+        for line in body.splitlines():
+            if line.startswith(self.directive_prefix):
+                raise ConfigError(
+                    f"a line of the {self.name} job script would start with "
+                    f"'{self.directive_prefix}', which the scheduler may read as a directive: "
+                    f"{line!r} (from environment_variables, pre_execution_commands, module_loads "
+                    "or a path); start no line of a value or command with it",
+                    field="script",
+                    value=line,
+                )
 
     def task_launch(self, resources: Resources, context: ScriptContext) -> str:
         """The line that runs the runner on task ``$task``."""

@@ -7,10 +7,12 @@ one job run at most ``nproc / cores`` at a time.
 
 from __future__ import annotations
 
+import numbers
 import shlex
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from ..errors import ConfigError
 from ..resources import Resources
 from .base import JobState, JobStatus, Scheduler, ScriptContext
 
@@ -27,6 +29,20 @@ class DirectScheduler(Scheduler):
 
     def directives(self, resources: Resources, context: ScriptContext) -> list[str]:
         return []
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        nice = options.get("nice")
+        if nice is not None and (
+            isinstance(nice, bool)
+            or not isinstance(nice, numbers.Integral)
+            or not -20 <= nice <= 19
+        ):
+            raise ConfigError(
+                f"ssh option nice={nice!r} is not valid: expected an integer from -20 to 19",
+                field="nice",
+                value=nice,
+            )
+        super().check_options(options)
 
     def task_launch(self, resources: Resources, context: ScriptContext) -> str:
         folder = shlex.quote(context.job_dir)

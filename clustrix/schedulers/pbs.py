@@ -136,6 +136,7 @@ class PbsScheduler(Scheduler):
         options = dict(context.options or {})
         torque = options.pop("flavor", "pro") == "torque"
         select = options.pop("select", None)
+        select = None if select is None else self.directive_value("select", select)
         lines = ["-o scheduler.log", "-j oe"]
         memory = f"{resources.memory_mb}mb" if resources.memory_mb is not None else None
         if torque:
@@ -157,9 +158,9 @@ class PbsScheduler(Scheduler):
         if resources.time_seconds is not None:
             lines.append(f"-l walltime={format_clock(resources.time_seconds)}")
         if resources.queue:  # partition= is SLURM's; SGE and PBS have queues
-            lines.append(f"-q {resources.queue}")
+            lines.append(f"-q {self.directive_value('queue', resources.queue)}")
         if context.account:
-            lines.append(f"-A {context.account}")
+            lines.append(f"-A {self.directive_value('account', context.account)}")
         if context.array is not None:
             last = context.array.count - 1
             if torque:

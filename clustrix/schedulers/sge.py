@@ -95,9 +95,11 @@ class SgeScheduler(Scheduler):
 
     def directives(self, resources: Resources, context: ScriptContext) -> list[str]:
         options = dict(context.options or {})
-        pe = str(options.pop("pe", "smp"))
-        memory_resources = str(options.pop("memory_resources", "h_vmem,mem_free")).split(",")
-        gpu_resource = str(options.pop("gpu_resource", "gpu"))
+        pe = self.directive_value("pe", options.pop("pe", "smp"))
+        memory_resources = self.directive_value(
+            "memory_resources", options.pop("memory_resources", "h_vmem,mem_free")
+        ).split(",")
+        gpu_resource = self.directive_value("gpu_resource", options.pop("gpu_resource", "gpu"))
         lines = ["-S /bin/bash", "-cwd", "-j y", "-o scheduler.log"]
         if resources.cores > 1:
             lines.append(f"-pe {pe} {resources.cores}")
@@ -109,9 +111,9 @@ class SgeScheduler(Scheduler):
         if resources.gpus:
             lines.append(f"-l {gpu_resource}={resources.gpus}")
         if resources.queue:  # partition= is SLURM's; SGE and PBS have queues
-            lines.append(f"-q {resources.queue}")
+            lines.append(f"-q {self.directive_value('queue', resources.queue)}")
         if context.account:
-            lines.append(f"-A {context.account}")
+            lines.append(f"-A {self.directive_value('account', context.account)}")
         if context.array is not None:
             lines.append(f"-t 1-{context.array.count}")
             if context.array.max_parallel < context.array.count:

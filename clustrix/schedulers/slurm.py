@@ -11,6 +11,9 @@ from ..errors import SchedulerUnavailableError
 from ..resources import Resources, format_slurm_time
 from .base import JobState, JobStatus, Scheduler, ScriptContext, render_flag
 
+# Option values written on #SBATCH lines as they are; any other is quoted.
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:/@%+=-]+")
+
 # squeue's and sacct's state names, mapped onto ours.
 _STATES = {
     "PENDING": JobState.PENDING,
@@ -104,22 +107,29 @@ class SlurmScheduler(Scheduler):
         if resources.time_seconds is not None:
             lines.append(f"--time={format_slurm_time(resources.time_seconds)}")
         if resources.partition:
-            lines.append(f"--partition={resources.partition}")
+            lines.append(f"--partition={self.directive_value('partition', resources.partition)}")
         options = dict(context.options or {})
         if resources.gpus and "gpus" not in options and "gres" not in options:
             lines.append(f"--gres=gpu:{resources.gpus}")
         if context.account:
-            lines.append(f"--account={context.account}")
+            lines.append(f"--account={self.directive_value('account', context.account)}")
         if context.qos:
-            lines.append(f"--qos={context.qos}")
-        if "cluster" in options:
-            options["clusters"] = options.pop("cluster")
-        lines += [
-            render_flag(name, value)
-            for name, value in options.items()
-            if value is not False and value is not None
-        ]
+            lines.append(f"--qos={self.directive_value('qos', context.qos)}")
+        for name, value in options.items():
+            if value is False or value is None:
+                continue
+            rendered = True if value is True else self.directive_value(name, value)
+            lines.append(render_flag("clusters" if name == "cluster" else name, rendered))
         return lines
+
+    def directive_value(self, name: str, value: object) -> str:
+        """The value, double-quoted when it holds more than a plain word: sbatch reads
+        ``#SBATCH`` lines with quotes (``--comment="two words"``), backslash escapes and
+        ``#`` comments, as verified on SLURM 22.05."""
+        text = super().directive_value(name, value)
+        if _PLAIN_VALUE.fullmatch(text):
+            return text
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     def submit_command(self, script: str, context: ScriptContext) -> str:
         # The name goes on the command line, quoted: a directive line cannot carry every
