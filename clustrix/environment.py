@@ -28,6 +28,7 @@ from typing import Any
 
 import cloudpickle
 
+from .config import text_problem
 from .errors import ConfigError
 from .introspect import reachable
 
@@ -198,15 +199,59 @@ def with_runner_requirement(requirements: Iterable[str]) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- the remote build
 
 
+# Run by the new environment's Python with the client's cloudpickle version: the build
+# counts only if jobs will be able to read their payloads, as the runner checks it.
+_RUNNER_CHECK = """import sys
+try:
+    import cloudpickle
+except ImportError:
+    sys.exit("the environment has no cloudpickle, which jobs need to read their payloads")
+wanted = sys.argv[1]
+if cloudpickle.__version__.split(".")[:2] != wanted.split(".")[:2]:
+    sys.exit(
+        "the environment has cloudpickle %s but the client uses %s: jobs could not read "
+        "their payloads; leave cloudpickle out of the requirements, or pin it to %s"
+        % (cloudpickle.__version__, wanted, wanted)
+    )"""
+
+
+def check_requirements(requirements: Iterable[str]) -> None:
+    """Refuse a requirement that is not one line of text, naming it, before anything runs.
+
+    Requirements are written to a requirements file as data and read by pip or uv only; a
+    line break would make one item several lines of that file.
+    """
+    for requirement in requirements:
+        if not isinstance(requirement, str) or not requirement.strip():
+            raise ConfigError(
+                f"environment: requirement {requirement!r} is not valid: expected a non-empty "
+                "string such as 'numpy==2.2.0'",
+                field="environment",
+                value=requirement,
+            )
+        problem = text_problem(requirement.replace("\t", " "))
+        if problem:
+            raise ConfigError(
+                f"environment: requirement {requirement!r} is not valid: expected one line of "
+                f"text without control characters (it contains {problem})",
+                field="environment",
+                value=requirement,
+            )
+
+
 def bootstrap_script(env_dir: str, requirements: tuple[str, ...], setup_lines: list[str]) -> str:
     """Shell script that builds the venv at ``env_dir`` unless it is ready; prints BUILT/REUSED.
 
     It runs on the login node (which, unlike compute nodes, usually reaches a package index),
-    under ``flock`` so that concurrent jobs wait for one build instead of racing.
+    under ``flock`` so that concurrent jobs wait for one build instead of racing. The
+    requirements are quoted data for ``printf``, never shell code. The environment is marked
+    ready only once every step succeeded and its Python imports the client's cloudpickle; a
+    failed build is removed, so the next call builds it again.
     """
+    check_requirements(requirements)
     quoted_env = shlex.quote(env_dir)
     wanted = shlex.quote(python_version())
-    requirement_lines = "\n".join(requirements)
+    quoted_requirements = " ".join(shlex.quote(r) for r in requirements)
     return "\n".join(
         [
             "set -u",
@@ -233,23 +278,27 @@ def bootstrap_script(env_dir: str, requirements: tuple[str, ...], setup_lines: l
             "  exit 97",
             "fi",
             'rm -rf "$env_dir"',
-            "{",
+            # A subshell with set -e: the first step that fails ends the build.
+            "(",
+            "  set -e",
             '  echo "building $env_dir with $python"',
-            "  cat > \"$env_dir.requirements.txt\" <<'CLUSTRIX_REQUIREMENTS'",
-            requirement_lines,
-            "CLUSTRIX_REQUIREMENTS",
+            f"  printf '%s\\n' {quoted_requirements} > \"$env_dir.requirements.txt\"",
             "  if command -v uv >/dev/null 2>&1; then",
-            '    uv venv --python "$python" "$env_dir" &&'
-            ' uv pip install --python "$env_dir/bin/python" -r "$env_dir.requirements.txt"',
+            '    uv venv --python "$python" "$env_dir"',
+            '    uv pip install --python "$env_dir/bin/python" -r "$env_dir.requirements.txt"',
             "  else",
-            '    "$python" -m venv "$env_dir" &&'
-            ' "$env_dir/bin/python" -m pip install --disable-pip-version-check -q'
+            '    "$python" -m venv "$env_dir"',
+            '    "$env_dir/bin/python" -m pip install --disable-pip-version-check -q'
             ' -r "$env_dir.requirements.txt"',
             "  fi",
-            '} > "$log" 2>&1',
+            f'  "$env_dir/bin/python" -c {shlex.quote(_RUNNER_CHECK)} '
+            f"{shlex.quote(cloudpickle.__version__)}",
+            ') > "$log" 2>&1',
             "status=$?",
             'if [ "$status" -ne 0 ]; then tail -n 40 "$log" >&2; rm -rf "$env_dir"; exit 96; fi',
-            'date -u +%FT%TZ > "$env_dir/.clustrix-ready"',
+            'if ! date -u +%FT%TZ > "$env_dir/.clustrix-ready"; then',
+            '  echo "could not mark $env_dir ready" >&2; rm -rf "$env_dir"; exit 95',
+            "fi",
             "echo BUILT",
         ]
     )
@@ -280,13 +329,7 @@ def plan_environment(
         requirements: list[str] = [f"{name}=={version}" for name, version in install.items()]
     else:
         requirements = explicit_requirements(environment)
-    for requirement in requirements:
-        if "\n" in requirement or not requirement.strip():
-            raise ConfigError(
-                f"environment: requirement {requirement!r} must be one non-empty line",
-                field="environment",
-                value=requirement,
-            )
+    check_requirements(requirements)
     pinned = with_runner_requirement(requirements)
     return EnvironmentPlan(pinned, environment_key(pinned))
 

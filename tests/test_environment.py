@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import cloudpickle
@@ -20,6 +21,7 @@ from clustrix.environment import (
     modules_named_in_pickle,
     modules_used_by,
     plan_environment,
+    python_version,
     runner_requirement,
 )
 from clustrix.payload import pickling_for_remote_job
@@ -148,3 +150,94 @@ def test_runner_file_imports_nothing_from_clustrix():
     source = Path(runner.__file__).read_text()
     assert "import clustrix" not in source and "from clustrix" not in source
     assert "from ." not in source
+
+
+# ---------------------------------------------------------------------- the build, run locally
+
+
+def _fake_python(bin_dir: Path, pip_installs: bool) -> Path:
+    """A ``python3.X`` on PATH whose venv's pip records the requirements file it is given
+    and, unless ``pip_installs``, installs nothing while reporting success."""
+    bin_dir.mkdir()
+    seen = bin_dir / "seen-requirements.txt"
+    real = sys.executable
+    venv_python = textwrap.dedent(
+        f"""\
+        #!/bin/bash
+        if [ "$1" = "-m" ]; then cp "${{@: -1}}" {seen}; exit 0; fi
+        exec {real} {"" if pip_installs else "-S"} "$@"
+        """
+    )
+    fake = bin_dir / f"python{python_version()}"
+    fake.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/bash
+            if [ "$1" = "-c" ]; then exec {real} "$@"; fi
+            if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+              mkdir -p "$3/bin"
+              cat > "$3/bin/python" <<'EOF'
+            {venv_python}EOF
+              chmod +x "$3/bin/python"; exit 0
+            fi
+            exit 1
+            """
+        )
+    )
+    fake.chmod(0o755)
+    return seen
+
+
+def _build(tmp_path: Path, requirements: tuple[str, ...]) -> subprocess.CompletedProcess:
+    script = bootstrap_script(str(tmp_path / "envs" / "key"), requirements, [])
+    path = f"{tmp_path / 'bin'}:/usr/bin:/bin"
+    return subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env={"PATH": path}, timeout=60
+    )
+
+
+def test_requirement_lines_never_run_as_shell_code(tmp_path):
+    # The here-doc that once held the requirements ended at a line reading like its
+    # terminator, and the next line ran on the login node.
+    seen = _fake_python(tmp_path / "bin", pip_installs=True)
+    marker = tmp_path / "marker"
+    requirements = (
+        "CLUSTRIX_REQUIREMENTS",
+        f"touch {marker}",
+        f"$(touch {marker}-2)",
+        f"`touch {marker}-3`",
+        "six==1.16.0; python_version >= '3' and sys_platform != \"x\"",
+        runner_requirement(),
+    )
+    result = _build(tmp_path, requirements)
+    assert not list(tmp_path.glob("marker*")), result.stderr
+    assert seen.read_text().splitlines() == list(requirements)
+    assert result.returncode == 0 and "BUILT" in result.stdout, result.stderr
+
+
+def test_a_build_without_the_clients_cloudpickle_is_never_marked_ready(tmp_path):
+    # pip reported success, but the environment cannot import cloudpickle: jobs could never
+    # read their payloads, so the build fails and leaves nothing to be reused.
+    _fake_python(tmp_path / "bin", pip_installs=False)
+    result = _build(tmp_path, (runner_requirement(),))
+    assert result.returncode == 96
+    assert "the environment has no cloudpickle" in result.stderr
+    assert not (tmp_path / "envs" / "key").exists()
+    again = _build(tmp_path, (runner_requirement(),))
+    assert again.returncode == 96 and "REUSED" not in again.stdout
+
+
+@pytest.mark.parametrize(
+    "requirement", ["six\n", "six\r", "six==1.16.0\x00", "six\x1b[2K", "six\u2028touch /tmp/m", " "]
+)
+def test_requirements_that_are_not_one_line_are_refused_before_anything_runs(requirement):
+    with pytest.raises(ConfigError) as info:
+        plan_environment(
+            lambda: 1,
+            ["numpy==2.0.0", requirement],
+            python_executable=None,
+            conda_env_name=None,
+            payload_modules=(),
+        )
+    assert info.value.field == "environment"
+    assert repr(requirement) in str(info.value)
