@@ -380,12 +380,10 @@ class ClusterFunction:
         config = self.effective_config()
         if self.parallel == "array" and self._array_version() is not None:
             # Each call's body runs here and sends its loop out as an array of its own.
-            calls = zip(iterable, *iterables, strict=False)
-            return gather(
-                [self.submit(*items) for items in calls],
+            return self._gather_calls(
+                zip(iterable, *iterables, strict=False),
                 return_exceptions=return_exceptions,
                 progress=wanted(config.progress if progress is None else progress),
-                description=self.__name__,
             )
         if config.cluster_type == "local":
             asked = config.progress if progress is None else progress
@@ -399,11 +397,10 @@ class ClusterFunction:
                     return_exceptions=return_exceptions,
                 )
             # Per-call deadlines, re-runs and a bar need one future per call, not batches.
-            return gather(
-                [self.submit(*items) for items in zip(iterable, *iterables, strict=False)],
+            return self._gather_calls(
+                zip(iterable, *iterables, strict=False),
                 return_exceptions=return_exceptions,
                 progress=shown,
-                description=self.__name__,
             )
         calls = [(tuple(items), {}) for items in zip(iterable, *iterables, strict=False)]
         if not calls:
@@ -423,6 +420,26 @@ class ClusterFunction:
         except KeyboardInterrupt:
             if config.cancel_on_interrupt:
                 backend_for(config).cancel_job(job)
+            raise
+
+    def _gather_calls(
+        self, calls: Iterable[tuple[Any, ...]], *, return_exceptions: bool, progress: bool
+    ) -> list[Any]:
+        """Submit each call and wait for them all; an interrupt (Ctrl-C) while submitting or
+        waiting cancels every call that has not started, so none starts afterwards."""
+        futures: list[ClusterFuture] = []
+        try:
+            for items in calls:
+                futures.append(self.submit(*items))
+            return gather(
+                futures,
+                return_exceptions=return_exceptions,
+                progress=progress,
+                description=self.__name__,
+            )
+        except BaseException:
+            for future in futures:
+                future.cancel()
             raise
 
 

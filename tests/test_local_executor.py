@@ -212,12 +212,14 @@ def test_workers_started_from_a_thread_that_ended_keep_working():
 # ---------------------------------------------------------------- cancelled calls never start
 
 
-def test_interrupted_map_starts_no_further_call(tmp_path):
-    """SIGINT (Ctrl-C) during a map of 8 two-second calls on 2 workers: nothing starts after."""
+@pytest.mark.parametrize("mode", ["", "retries", "progress"])
+def test_interrupted_map_starts_no_further_call(tmp_path, mode):
+    """SIGINT (Ctrl-C) during a map of 8 two-second calls on 2 workers: nothing starts after,
+    whether the map runs in batches or (with retries, a progress bar) as a future per call."""
     markers = tmp_path / "markers"
     markers.mkdir()
     result = subprocess.run(
-        [sys.executable, str(SCRIPTS / "interrupted_map.py"), str(markers)],
+        [sys.executable, str(SCRIPTS / "interrupted_map.py"), str(markers), mode],
         capture_output=True,
         text=True,
         timeout=120,
