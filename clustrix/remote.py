@@ -567,16 +567,21 @@ class RemoteBackend:
             )
             started = time.monotonic()
             result = self.transport.run(f"bash -c {shlex.quote(script)}", check=False)
-            if result.exit_code != 0:
+            said = (result.stdout.strip().splitlines() or [""])[-1].strip()
+            if result.exit_code != 0 or said not in ("BUILT", "REUSED"):
+                # Ready only when the script's last word says so: an exit status of 0 alone
+                # may come from a setup command that ended the script early.
                 raise EnvironmentSetupError(
                     f"could not build the Python environment {path} on {self.transport.where} "
-                    f"(exit code {result.exit_code}); requirements: {', '.join(plan.requirements)}",
+                    f"(exit code {result.exit_code}"
+                    + ("" if said in ("BUILT", "REUSED") else ", and it never reported ready")
+                    + f"); requirements: {', '.join(plan.requirements)}",
                     state="ENVIRONMENT",
                     exit_code=result.exit_code,
                     host=self.transport.where,
                     stderr_tail=_tail(result.stderr, 40),
                 )
-            built = "BUILT" in result.stdout
+            built = said == "BUILT"
             if built:
                 logger.info("built environment %s in %.1f s", path, time.monotonic() - started)
             self._ready_environments.add(plan.key)

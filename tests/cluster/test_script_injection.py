@@ -286,3 +286,18 @@ def test_a_failed_build_is_never_ready_and_is_retried(on_slurm):
         assert not _exists(on_slurm, folder)
         stamps.append(on_slurm.transport().run(f"stat -c %y {log}").stdout)
     assert stamps[0] != stamps[1]  # built (and logged) again
+
+
+def test_a_build_that_ends_early_without_error_is_never_ready(on_slurm):
+    # A setup command that ends the build script with status 0 (an `exit 0` in a site's
+    # module script, say): the environment was never built, so it must not count as ready.
+    clustrix.configure(pre_execution_commands=["exit 0"])
+    requirements = ["six"]
+
+    @cluster(time="00:05:00", environment=requirements)
+    def f():
+        return 1
+
+    with pytest.raises(EnvironmentSetupError, match="never reported ready"):
+        f()
+    assert not _exists(on_slurm, f"{_environment_folder(on_slurm, requirements)}/.clustrix-ready")
