@@ -29,9 +29,9 @@ def test_a_banner_before_the_framed_squeue_answer_is_ignored():
     # What the status command prints through a chatty shell, squeue's exit status included.
     output = (
         BANNER
-        + "--clustrix-squeue--\n"
+        + "--clustrix-queue--\n"
         + "4242|RUNNING|None\n4243_1|PENDING|Priority\n4243_[2-5%2]|PENDING|JobArrayTaskLimit\n"
-        + "--clustrix-squeue-exit 0\n"
+        + "--clustrix-queue-exit 0\n"
         + _SECTION
         + "\n"
         + BANNER
@@ -47,22 +47,22 @@ def test_a_banner_before_the_framed_squeue_answer_is_ignored():
 
 def test_squeue_failing_is_told_by_its_exit_status_and_its_own_words():
     down = (
-        "--clustrix-squeue--\n"
+        "--clustrix-queue--\n"
         "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
-        "--clustrix-squeue-exit 1\n" + _SECTION + "\n"
+        "--clustrix-queue-exit 1\n" + _SECTION + "\n"
     )
     with pytest.raises(SchedulerUnavailableError, match="Unable to contact slurm controller"):
         SlurmScheduler().parse_status(BANNER + down, ["9"])
     # Forgotten jobs: squeue exits 1 but only says the ids are invalid.
     forgotten = (
-        "--clustrix-squeue--\nslurm_load_jobs error: Invalid job id specified\n"
-        "--clustrix-squeue-exit 1\n" + _SECTION + "\n"
+        "--clustrix-queue--\nslurm_load_jobs error: Invalid job id specified\n"
+        "--clustrix-queue-exit 1\n" + _SECTION + "\n"
     )
     assert SlurmScheduler().parse_status(BANNER + forgotten, ["9"])["9"].state is JobState.UNKNOWN
     # A failure in words squeue does not use (the command missing) is still a failure.
     missing = (
-        "--clustrix-squeue--\nbash: line 1: squeue: command not found\n"
-        "--clustrix-squeue-exit 127\n" + _SECTION + "\n"
+        "--clustrix-queue--\nbash: line 1: squeue: command not found\n"
+        "--clustrix-queue-exit 127\n" + _SECTION + "\n"
     )
     with pytest.raises(SchedulerUnavailableError, match="command not found"):
         SlurmScheduler().parse_status(missing, ["9"])

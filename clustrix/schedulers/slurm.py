@@ -42,8 +42,8 @@ _STATES = {
     "SPECIAL_EXIT": JobState.FAILED,
 }
 _SECTION = "--clustrix-section--"
-_QUEUE_START = "--clustrix-squeue--"
-_QUEUE_EXIT = "--clustrix-squeue-exit"
+_QUEUE_START = "--clustrix-queue--"
+_QUEUE_EXIT = "--clustrix-queue-exit"
 # A line of squeue or sacct output: "123|RUNNING|...", "123_4|...", "123_[5-9%2]|...",
 # "123.batch|..." (sacct steps, ignored by the lookups). Nothing else is a job's line.
 _RECORD = re.compile(r"^\d+(?:_(?:\d+|\[[^\]]*\]))?(?:\.[\w+-]+)?\|")
