@@ -9,7 +9,7 @@ itself rather than only the local bookkeeping.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from .errors import ClustrixError
@@ -95,12 +95,24 @@ def add_note(exc: BaseException, note: str) -> None:
         exc.add_note(note)
 
 
+def settle(future: Future, ok: bool, value: Any) -> bool:
+    """Finish ``future`` with a value (``ok``) or an exception, unless it is already done
+    (cancelled meanwhile, say); whether this call finished it. The one way Clustrix
+    settles a future."""
+    if future.done():
+        return False
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except InvalidStateError:  # finished by another thread between the check and here
+        return False
+    return True
+
+
 def resolved(name: str, backend: str, outcome: tuple[bool, Any]) -> ClusterFuture:
     """A future that is already finished, for work that ran synchronously."""
     future = ClusterFuture(name, backend)
-    ok, value = outcome
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+    settle(future, *outcome)
     return future
