@@ -27,7 +27,7 @@ from testcluster import configure_slurm, remove_remote_folder
 
 import clustrix
 from clustrix.environment import plan_environment
-from clustrix.remote import backend_for
+from clustrix.backend import backend_for
 
 
 def trivial(x: int) -> int:
@@ -78,13 +78,13 @@ def main() -> None:
         trivial, "auto", python_executable=None, conda_env_name=None, payload_modules=()
     )
     started = time.perf_counter()
-    assert backend.ensure_environment(plan, config).built
+    assert backend.staging.environments.ensure(plan, backend.work_dir, config).built
     built = time.perf_counter() - started
     reused_times = []
     for _ in range(5):
-        backend._ready_environments.clear()  # what a new client process knows
+        backend.staging.environments.forget()  # what a new client process knows
         started = time.perf_counter()
-        assert not backend.ensure_environment(plan, config).built
+        assert not backend.staging.environments.ensure(plan, backend.work_dir, config).built
         reused_times.append(time.perf_counter() - started)
     reused = statistics.median(reused_times)
     print(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import clustrix
-from clustrix.remote import backend_for
+from clustrix.backend import backend_for
 
 ENV_FILE = Path(os.environ.get("CLUSTRIX_TESTCLUSTER_DIR", "/var/tmp/clustrix-testcluster")) / "env"
 

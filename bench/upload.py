@@ -25,7 +25,7 @@ import time
 from testcluster import configure_slurm, remove_remote_folder
 
 import clustrix
-from clustrix.remote import backend_for
+from clustrix.backend import backend_for
 
 MIB = 2**20
 
@@ -93,9 +93,9 @@ def main() -> None:
         ]
         started = time.perf_counter()
         # What map() does, split so that the submission is timed on its own.
-        job = remote._submit_remote(remote.effective_config(), [((i,), {}) for i in items], None)
+        futures = remote.submit_map(items)
         show(f"map x{args.items} (submit)", time.perf_counter() - started, sftp)
-        results = [future.result() for task in job.tasks for future in task.futures]
+        results = [future.result() for future in futures]
         assert sum(results) == len(data)
         show(f"map x{args.items} (result)", time.perf_counter() - started, sftp)
     remove_remote_folder()

@@ -36,7 +36,8 @@ from .errors import (
 )
 from .executor import Executor
 from .futures import ClusterFuture
-from .handle import Job, JobNotFoundError, get_job, jobs
+from .errors import JobNotFoundError
+from .handle import Job, get_job, jobs
 from .local import LocalExecutor
 from .resources import Resources
 

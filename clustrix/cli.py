@@ -29,7 +29,7 @@ from .config import (
     user_config_dir,
 )
 from .errors import ClustrixError
-from .local import available_cores
+from .backend import backend_for
 
 
 class _Group(click.Group):
@@ -230,22 +230,8 @@ def load(file: Path) -> None:
 def status(profile: str | None) -> None:
     """Show where calls would run now, and check that the target is usable."""
     config = resolve_config(profile).config
-    if config.cluster_type == "local":
-        workers = min(available_cores(), config.max_parallel_jobs)
-        click.echo(f"target: local machine ({os.uname().nodename})")
-        click.echo(f"workers: {workers} ({config.local_executor} executor)")
-        click.echo("status: ready")
-        return
-    from .remote import backend_for
-
-    backend = backend_for(config)
-    click.echo(f"target: {config.cluster_type} via {backend.transport.where}")
-    click.echo(f"work folder: {backend.work_dir}")
-    probe = backend.scheduler.version_command()
-    answer = backend.transport.run(probe, check=False).stdout.strip() or "no answer"
-    click.echo(f"{backend.scheduler.name}: {answer}")
-    python = backend.transport.run("command -v python3 && python3 --version", check=False)
-    click.echo(f"python3: {' '.join(python.stdout.split()) or 'not found on PATH'}")
+    for label, value in backend_for(config).describe(config).items():
+        click.echo(f"{label}: {value}")
     click.echo("status: ready")
 
 

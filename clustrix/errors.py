@@ -140,6 +140,13 @@ class SchedulerUnavailableError(ClustrixError):
     """
 
 
+class JobNotFoundError(ClustrixError, KeyError):
+    """No job with that id (or id prefix) is in the job store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class ResultsCollectedElsewhereError(ClustrixError):
     """Another process collected the job's results and removed its folder."""
 
@@ -182,3 +189,8 @@ RUNNER_FAILURES: dict[str, type[JobFailedError]] = {
     "clustrix.VersionMismatchError": VersionMismatchError,
     "clustrix.PayloadError": PayloadError,
 }
+
+
+def tail_lines(text: str, lines: int) -> str:
+    """The last ``lines`` lines of ``text``, for the log tails errors carry."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])

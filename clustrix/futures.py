@@ -9,7 +9,7 @@ itself rather than only the local bookkeeping.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
 from .errors import ClustrixError
@@ -109,6 +109,22 @@ def settle(future: Future, ok: bool, value: Any) -> bool:
     except InvalidStateError:  # finished by another thread between the check and here
         return False
     return True
+
+
+def chain(inner: Future, future: ClusterFuture) -> None:
+    """Settle ``future`` as ``inner`` ends (a plain future of a thread or process pool), and
+    let cancelling ``future`` cancel ``inner``."""
+    future.bind_cancel(inner.cancel)
+
+    def transfer(done: Future) -> None:
+        if done.cancelled() or isinstance(done.exception(), CancelledError):
+            mark_cancelled(future)
+        elif done.exception() is not None:
+            settle(future, False, done.exception())
+        else:
+            settle(future, True, done.result())
+
+    inner.add_done_callback(transfer)
 
 
 def resolved(name: str, backend: str, outcome: tuple[bool, Any]) -> ClusterFuture:

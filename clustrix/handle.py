@@ -7,26 +7,18 @@ asks the scheduler how the job is doing, and fetches its results from the job fo
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from .backend import JobBackend, job_backend_for
+from .cluster import layout
 from .config import ClusterConfig, get_config
-from .errors import ClustrixError
-from .jobs import RemoteJob
+from .errors import ClustrixError, JobNotFoundError
 from .progress import gather
-from .remote import backend_for
 from .store import FINAL_STATES, JobRecord, JobStore, submitter_gone
-
-
-class JobNotFoundError(ClustrixError, KeyError):
-    """No job with that id (or id prefix) is in the job store."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Job:
@@ -35,7 +27,7 @@ class Job:
     def __init__(self, record: JobRecord, store: JobStore) -> None:
         self._record = record
         self._store = store
-        self._live: RemoteJob | None = None
+        self._live: Any = None  # the job as its backend tracks it, once attached
 
     def __repr__(self) -> str:
         return f"<Job {self.job_id} {self.function} on {self.host}: {self.state}>"
@@ -65,19 +57,21 @@ class Job:
     def _config(self) -> ClusterConfig:
         return get_config().replace(**self._record.connection, job_store=str(self._store.path))
 
-    def _job(self) -> RemoteJob:
+    def _backend(self) -> JobBackend:
+        return job_backend_for(self._config())
+
+    def _job(self) -> Any:
         if self._live is None:
             self._check_fetchable()
-            config = self._config()
-            self._live = backend_for(config).attach(self._record, config)
+            self._live = self._backend().attach(self._record, self._config())
         return self._live
 
     def _adopt_if_abandoned(self) -> None:
         """A job left SUBMITTING by a process that died meanwhile: learn from its folder
-        what the scheduler accepted (see ``RemoteBackend.adopt``)."""
+        what the scheduler accepted (see ``ClusterBackend.adopt``)."""
         record = self.record
         if record.state == "SUBMITTING" and submitter_gone(record):
-            backend_for(self._config()).adopt(record, self._store)
+            self._backend().adopt(record, self._store)
 
     def _check_fetchable(self) -> None:
         self._adopt_if_abandoned()
@@ -105,7 +99,7 @@ class Job:
             return record.state
         job = self._job()
         if job.pending_tasks():
-            backend_for(self._config()).refresh(job)
+            self._backend().refresh(job)
         return self.record.state
 
     def result(self, timeout: float | None = None) -> Any:
@@ -137,7 +131,7 @@ class Job:
         if self.record.state in FINAL_STATES:
             return False
         job = self._job()
-        return backend_for(self._config()).cancel_job(job)
+        return self._backend().cancel_job(job)
 
     def stdout(self, task: int = 0) -> str:
         """What array task ``task`` printed to stdout so far, read from the job folder."""
@@ -151,18 +145,17 @@ class Job:
         tasks = self._record.task_sizes
         if not 0 <= task < len(tasks):
             raise ClustrixError(f"job {self.job_id} has tasks 0 to {len(tasks) - 1}, not {task}")
-        backend = backend_for(self._config())
+        backend = self._backend()
         if self._live is not None:
             # Attached here: the logs were kept when the results came, which may have removed
             # the folder (cleanup_on_success).
             return backend.read_log(self._live, self._live.tasks[task], stream)
-        path = f"{self.remote_folder}/{stream}-{task}"
-        return backend.transport.run(f"cat {shlex.quote(path)} 2>/dev/null; true").stdout
+        name = layout.stdout_file(task) if stream == "stdout" else layout.stderr_file(task)
+        return backend.read_file(self.remote_folder, name)
 
     def remove(self) -> None:
         """Delete the job's remote folder and its store record."""
-        config = self._config()
-        backend_for(config).transport.run(f"rm -rf {shlex.quote(self.remote_folder)}", check=False)
+        self._backend().remove_folder(self.remote_folder)
         self._store.delete([self.job_id])
 
 

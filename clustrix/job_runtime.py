@@ -19,7 +19,9 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-ARCHIVE_NAME = "clustrix-runtime.zip"
+from .cluster import layout
+
+ARCHIVE_NAME = layout.RUNTIME_ZIP
 _PACKAGE = Path(__file__).resolve().parent
 _EMPTY_INIT = b'"""Clustrix modules shipped with a job (see clustrix.job_runtime)."""\n'
 

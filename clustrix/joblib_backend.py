@@ -37,15 +37,14 @@ from joblib._parallel_backends import (
 )
 from joblib.parallel import BatchedCalls, register_parallel_backend
 
+from .backend import Submitted, backend_for
 from .config import ClusterConfig
-from .decorator import ClusterFunction
 from .environment import classify_modules, modules_named_in_pickle, ship_by_value
 from .errors import ConfigError
-from .futures import mark_cancelled
-from .jobs import RemoteJob, Task
-from .local import available_cores, in_worker
+from .executor import Executor
+from .futures import mark_cancelled, settle
+from .local import in_worker
 from .payload import pickling_for_remote_job
-from .remote import backend_for
 
 __all__ = ["NAME", "ClustrixBackend", "register"]
 
@@ -62,14 +61,14 @@ def register(make_default: bool = False) -> None:
 class _Batch:
     """One joblib batch: the future joblib holds, and the Clustrix call behind it."""
 
-    __slots__ = ("call", "future", "inner", "job", "task")
+    __slots__ = ("call", "future", "inner", "submitted")
 
     def __init__(self, call: Any) -> None:
         self.call = call
         self.future: Future = Future()
         self.inner: Future | None = None
-        self.job: RemoteJob | None = None
-        self.task: Task | None = None
+        #: The submission the batch went out with (several batches share one on a cluster).
+        self.submitted: Submitted | None = None
 
 
 class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
@@ -114,7 +113,7 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
         # Loop parallelisation of joblib's own batch runner would only add analysis time.
         options = {"parallel": False, "job_name": "clustrix-joblib", **cluster_options}
         # One function for every batch: the remote side needs joblib, never Clustrix.
-        self._function = ClusterFunction(BatchedCalls.__call__, **options)
+        self._executor = Executor(**options)
         self._config: ClusterConfig | None = None
         self._lock = threading.RLock()
         self._outstanding: dict[Future, _Batch] = {}  # every batch not finished
@@ -129,7 +128,7 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
     # ------------------------------------------------------------------ sizing
 
     def _current_config(self) -> ClusterConfig:
-        return self._config or self._function.effective_config()
+        return self._config or self._executor.effective_config()
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
@@ -140,9 +139,7 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
             n_jobs = self.default_n_jobs
         if n_jobs < 0:
             config = self._current_config()
-            capacity = config.max_parallel_jobs
-            if config.cluster_type == "local":
-                capacity = min(available_cores(), capacity)
+            capacity = backend_for(config).capacity(config)
             return max(capacity + 1 + n_jobs, 1)
         return n_jobs
 
@@ -157,8 +154,8 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
         if in_worker():
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
-        self._config = self._function.effective_config()
-        remote = self._config.cluster_type != "local"
+        self._config = self._executor.effective_config()
+        remote = not backend_for(self._config).is_local
         seconds = self.CLUSTER_BATCH_SECONDS if remote else self.LOCAL_BATCH_SECONDS
         self.MIN_IDEAL_BATCH_DURATION, self.MAX_IDEAL_BATCH_DURATION = seconds
         self._limit = self.effective_n_jobs(n_jobs)
@@ -217,27 +214,21 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
     def _start(self, batches: list[_Batch]) -> None:
         """Submit batches to Clustrix: on a cluster all of them as one job array."""
         try:
-            config = self._current_config()
-            if config.cluster_type == "local":
-                for batch in batches:
-                    self._attach(batch, self._function.submit(batch.call))
-                return
-            _ship_local_modules([batch.call for batch in batches])
+            if not backend_for(self._current_config()).is_local:
+                _ship_local_modules([batch.call for batch in batches])
             calls = [((batch.call,), {}) for batch in batches]
-            job = self._function._submit_remote(config, calls, chunksize=1)
-            for batch, task in zip(batches, job.tasks, strict=True):
-                self._attach(batch, task.futures[0], job, task)
+            submitted = self._executor.submit_calls(BatchedCalls.__call__, calls, chunksize=1)
+            for batch, inner in zip(batches, submitted.futures, strict=True):
+                self._attach(batch, inner, submitted)
         except BaseException as exc:
             for batch in batches:
                 if batch.inner is None:
                     self._release()
-                    _settle(batch.future, exc)
+                    settle(batch.future, False, exc)
 
-    def _attach(
-        self, batch: _Batch, inner: Future, job: RemoteJob | None = None, task: Task | None = None
-    ) -> None:
+    def _attach(self, batch: _Batch, inner: Future, submitted: Submitted) -> None:
         with self._lock:
-            batch.inner, batch.job, batch.task = inner, job, task
+            batch.inner, batch.submitted = inner, submitted
             aborted = batch.future.cancelled()
         inner.add_done_callback(lambda done: self._finished(batch, done))
         if aborted:
@@ -268,20 +259,13 @@ class ClustrixBackend(AutoBatchingMixin, ParallelBackendBase):
         for batch in batches:
             mark_cancelled(batch.future)
         with self._lock:
-            started = [(batch.inner, batch.job, batch.task) for batch in batches]
-        by_job: dict[str, tuple[RemoteJob, list[Task]]] = {}
-        for inner, job, task in started:
-            if job is not None and task is not None:
-                by_job.setdefault(job.job_id, (job, []))[1].append(task)
-            elif inner is not None:
-                inner.cancel()
-        if by_job:
-            remote = backend_for(self._current_config())
-            for job, tasks in by_job.values():
-                try:
-                    remote.cancel_tasks(job, tasks)
-                except Exception as exc:
-                    logger.warning("could not cancel job %s: %s", job.job_id, exc)
+            submissions = {id(b.submitted): b.submitted for b in batches if b.submitted}
+        # Every unfinished call of each submission at once: one scheduler command per job.
+        for submitted in submissions.values():
+            try:
+                submitted.cancel()
+            except Exception as exc:
+                logger.warning("could not cancel job %s: %s", submitted.job_id, exc)
 
 
 def _ship_local_modules(calls: list[Any]) -> None:
@@ -300,23 +284,13 @@ def _ship_local_modules(calls: list[Any]) -> None:
     ship_by_value(classify_modules(named)[1])
 
 
-def _settle(future: Future, exc: BaseException) -> None:
-    with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
-        future.set_exception(exc)
-
-
 def _transfer(done: Future, future: Future) -> None:
-    if future.done():
-        return
-    try:
-        if done.cancelled():
-            mark_cancelled(future)
-        elif done.exception() is not None:
-            future.set_exception(done.exception())
-        else:
-            future.set_result(done.result())
-    except InvalidStateError:  # cancelled by an abort at the same moment
-        pass
+    if done.cancelled():
+        mark_cancelled(future)
+    elif done.exception() is not None:
+        settle(future, False, done.exception())
+    else:
+        settle(future, True, done.result())
 
 
 class _Submitter:

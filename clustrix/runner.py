@@ -195,25 +195,36 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+_DEFAULT_FILES = {
+    "function": "function.pkl",
+    "calls": "calls-{task}.pkl",
+    "result": "result-{task}.pkl",
+    "runtime": "clustrix-runtime.zip",
+}
+
+
 def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
         print("usage: runner.py JOB_DIR [TASK]", file=sys.stderr)
         return 2
     job_dir = Path(argv[0])
     task = int(argv[1]) if len(argv) == 2 else 0
-    result_path = job_dir / f"result-{task}.pkl"
-    expected = json.loads((job_dir / "job.json").read_text())["versions"]
+    metadata = json.loads((job_dir / "job.json").read_text())
+    # The client names the folder's files (clustrix.cluster.layout); these are the defaults.
+    names = {**_DEFAULT_FILES, **metadata.get("files", {})}
+    result_path = job_dir / names["result"].format(task=task)
+    expected = metadata["versions"]
     problem = version_problem(expected)
     if problem is not None:
         _write_atomically(result_path, _setup_failure(problem, "clustrix.VersionMismatchError"))
         print(f"clustrix runner: {problem}", file=sys.stderr)
         return 3
     os.environ["CLUSTRIX_IN_JOB"] = "1"
-    shipped = job_dir / "clustrix-runtime.zip"  # Clustrix's code, when the payload needs it
+    shipped = job_dir / names["runtime"]  # Clustrix's code, when the payload needs it
     if shipped.is_file():
         sys.path.insert(0, str(shipped))
-    function_bytes = (job_dir / "function.pkl").read_bytes()
-    calls_bytes = (job_dir / f"calls-{task}.pkl").read_bytes()
+    function_bytes = (job_dir / names["function"]).read_bytes()
+    calls_bytes = (job_dir / names["calls"].format(task=task)).read_bytes()
     try:
         data = run_pickled_batch(function_bytes, calls_bytes)
     except BaseException as exc:  # unpickling failed: a module missing here, say

@@ -7,7 +7,7 @@ import pytest
 from clustrix import ConfigError, Resources
 from clustrix.schedulers import JobState, ScriptContext
 from clustrix.schedulers.base import setup_lines
-from clustrix.schedulers.direct import DirectScheduler
+from clustrix.schedulers.ssh import SshScheduler
 from clustrix.schedulers.slurm import SlurmScheduler, parse_state
 
 
@@ -138,7 +138,7 @@ def test_slurm_status_asks_sacct_only_for_a_detailed_look():
 
 
 def test_direct_script_enforces_the_time_limit():
-    script = DirectScheduler().render_script(Resources.parse(time="00:00:05"), context(options={}))
+    script = SshScheduler().render_script(Resources.parse(time="00:00:05"), context(options={}))
     assert "#SBATCH" not in script
     assert script.endswith(
         "exec timeout --kill-after=10 5 /env/bin/python /home/u/clustrix/job-1/runner.py "
@@ -148,7 +148,7 @@ def test_direct_script_enforces_the_time_limit():
 
 def test_direct_status_parsing():
     output = "100 RUNNING\n101 DONE 0\n102 DONE 124\n103 DONE 143\n104 DONE 1\n105 LOST\n"
-    statuses = DirectScheduler().parse_status(
+    statuses = SshScheduler().parse_status(
         output, ["100", "101", "102", "103", "104", "105", "106"]
     )
     assert statuses["100"].state is JobState.RUNNING
@@ -243,7 +243,7 @@ def test_setup_lines_refuse_variable_names_that_are_not_identifiers(name):
 
 
 def test_ssh_nice_must_be_an_integer():
-    scheduler = DirectScheduler()
+    scheduler = SshScheduler()
     scheduler.check_options({"nice": 5})
     for value in ("5; touch /tmp/marker", 5.5, True, 40):
         with pytest.raises(ConfigError, match="expected an integer from -20 to 19"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import JobState, JobStatus, Scheduler, ScriptContext
-from .direct import DirectScheduler
+from .ssh import SshScheduler
 from .pbs import PbsScheduler
 from .sge import SgeScheduler
 from .slurm import SlurmScheduler
@@ -12,7 +12,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "pbs": PbsScheduler,
     "sge": SgeScheduler,
     "slurm": SlurmScheduler,
-    "ssh": DirectScheduler,
+    "ssh": SshScheduler,
 }
 
 __all__ = ["SCHEDULERS", "JobState", "JobStatus", "Scheduler", "ScriptContext", "scheduler_for"]

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from ..config import VARIABLE_NAME, text_problem
 from ..errors import ConfigError
+from ..cluster import layout
 from ..resources import Resources
 
 
@@ -302,7 +303,7 @@ class Scheduler:
             f"# {self.name} job written by clustrix",
             f"cd {folder}",
             f"task={task}",
-            'exec >> "stdout-$task" 2>> "stderr-$task"',
+            f'exec >> "{layout.stdout_file("$task")}" 2>> "{layout.stderr_file("$task")}"',
             "set -e",
             *setup_lines(
                 context.module_loads,
@@ -334,7 +335,7 @@ class Scheduler:
     def task_launch(self, resources: Resources, context: ScriptContext) -> str:
         """The line that runs the runner on task ``$task``."""
         folder = shlex.quote(context.job_dir)
-        return f'exec {context.python_command} {folder}/runner.py {folder} "$task"'
+        return f'exec {context.python_command} {folder}/{layout.RUNNER} {folder} "$task"'
 
 
 _NAME_REFUSED = re.compile(r"[^A-Za-z0-9._-]")

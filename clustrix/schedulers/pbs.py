@@ -37,6 +37,7 @@ every command.
 
 from __future__ import annotations
 
+from ..cluster import layout
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -137,7 +138,7 @@ class PbsScheduler(Scheduler):
         torque = options.pop("flavor", "pro") == "torque"
         select = options.pop("select", None)
         select = None if select is None else self.directive_value("select", select)
-        lines = ["-o scheduler.log", "-j oe"]
+        lines = [f"-o {layout.SCHEDULER_LOG}", "-j oe"]
         memory = f"{resources.memory_mb}mb" if resources.memory_mb is not None else None
         if torque:
             nodes = f"nodes=1:ppn={resources.cores}"
@@ -184,7 +185,8 @@ class PbsScheduler(Scheduler):
         # script's -o with its own default otherwise; for PBS they are the same request.
         flavor = (context.options or {}).get("flavor", "pro")
         name = shlex.quote(plain_job_name(context.job_name, _NAME_LIMITS.get(flavor, 15)))
-        return f"{self._command('qsub')} -N {name} -o scheduler.log -j oe {shlex.quote(script)}"
+        log = layout.SCHEDULER_LOG
+        return f"{self._command('qsub')} -N {name} -o {log} -j oe {shlex.quote(script)}"
 
     def parse_job_id(self, output: str) -> str:
         # "123.server", "123[].server" for an array; the wrappers print "123". qstat and qdel

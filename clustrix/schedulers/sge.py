@@ -30,6 +30,7 @@ Why things are the way they are:
 
 from __future__ import annotations
 
+from ..cluster import layout
 import itertools
 import math
 import re
@@ -100,7 +101,7 @@ class SgeScheduler(Scheduler):
             "memory_resources", options.pop("memory_resources", "h_vmem,mem_free")
         ).split(",")
         gpu_resource = self.directive_value("gpu_resource", options.pop("gpu_resource", "gpu"))
-        lines = ["-S /bin/bash", "-cwd", "-j y", "-o scheduler.log"]
+        lines = ["-S /bin/bash", "-cwd", "-j y", f"-o {layout.SCHEDULER_LOG}"]
         if resources.cores > 1:
             lines.append(f"-pe {pe} {resources.cores}")
         if resources.memory_mb is not None:

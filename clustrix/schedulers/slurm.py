@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..cluster import layout
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -95,7 +96,7 @@ class SlurmScheduler(Scheduler):
 
     def directives(self, resources: Resources, context: ScriptContext) -> list[str]:
         lines = [
-            "--output=scheduler.log",
+            f"--output={layout.SCHEDULER_LOG}",
             "--open-mode=append",
             f"--cpus-per-task={resources.cores}",
         ]

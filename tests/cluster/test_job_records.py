@@ -14,7 +14,7 @@ import pytest
 import clustrix
 from clustrix import cluster
 from clustrix.errors import JobCancelledError, ResultsCollectedElsewhereError
-from clustrix.remote import backend_for
+from clustrix.backend import backend_for
 from clustrix.store import JobStore
 
 from .conftest import output_of, wait_for

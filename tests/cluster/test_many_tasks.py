@@ -12,7 +12,7 @@ import pytest
 
 import clustrix
 from clustrix import cluster
-from clustrix.remote import backend_for
+from clustrix.backend import CallSpec, backend_for
 
 from .conftest import output_of, wait_for
 
@@ -88,13 +88,10 @@ def test_cancel_of_a_whole_map(on_slurm):
     job = backend.submit(
         nap.__wrapped__,
         [((60,), {}) for _ in range(6)],
-        config=clustrix.get_config(),
-        resources=nap.resources(),
-        environment=None,
-        options={},
-        chunksize=1,
+        CallSpec(resources=nap.resources(), chunksize=1),
+        clustrix.get_config(),
     )
-    futures = [f for task in job.tasks for f in task.futures]
+    futures = job.futures
     time.sleep(2)
     handle = clustrix.get_job(job.job_id)
     assert handle.cancel() is True

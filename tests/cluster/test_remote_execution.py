@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 import clustrix
+import clustrix.cluster.poller
+import clustrix.cluster.staging
 from clustrix import JobFailedError, cluster
 from clustrix.errors import ConnectionFailedError, JobCancelledError, JobTimeoutError
-from clustrix.remote import backend_for
+from clustrix.backend import backend_for
 
 from .conftest import output_of, wait_for
 
@@ -228,7 +230,7 @@ def test_environment_is_built_once_and_reused(on_slurm):
     stamp = on_slurm.transport().run(f"stat -c %Y {shlex.quote(marker)}").stdout
 
     # A new process knows nothing: forget what this one remembered, as a restart would.
-    backend_for(clustrix.get_config())._ready_environments.clear()
+    backend_for(clustrix.get_config()).staging.environments.forget()
     second = six_version.submit()
     assert second.result(timeout=300) == "1.16.0"
     assert second.environment.key == first.environment.key
@@ -439,7 +441,7 @@ def test_a_connection_that_hangs_while_a_call_waits_is_replaced(on_slurm, monkey
     # A laptop that slept or a VPN that vanished: the TCP connection stays open but nothing
     # answers, here in the middle of a status check. The check gives up and the next one
     # connects afresh.
-    monkeypatch.setattr(clustrix.remote, "_POLL_TIMEOUT", 6.0)
+    monkeypatch.setattr(clustrix.cluster.poller, "POLL_TIMEOUT", 6.0)
     backend = backend_for(clustrix.get_config())
     marker = f"{on_slurm.transport().home()}/clustrix-status-check-{os.getpid()}"
     status_command = type(backend.scheduler).status_command
@@ -517,7 +519,7 @@ def test_a_dropped_submission_that_cannot_be_confirmed_leaves_nothing_running(
 ):
     # Two arrays: the first is accepted, the second never answers. The accepted one must not
     # run untracked.
-    monkeypatch.setattr(clustrix.remote, "_SUBMISSION_GRACE", 2.0)
+    monkeypatch.setattr(clustrix.cluster.staging, "SUBMISSION_GRACE", 2.0)
     clustrix.configure(max_array_size=2, cleanup_on_success=False)
     dropper, marker = _drop_during_submission(
         on_slurm,
@@ -542,7 +544,7 @@ def test_a_dropped_submission_that_cannot_be_confirmed_leaves_nothing_running(
 def test_a_dropped_submission_that_cannot_reconnect_says_the_outcome_is_unknown(
     on_slurm, monkeypatch
 ):
-    monkeypatch.setattr(clustrix.remote, "_SUBMISSION_GRACE", 2.0)
+    monkeypatch.setattr(clustrix.cluster.staging, "SUBMISSION_GRACE", 2.0)
 
     def unreachable(transport) -> None:
         def refuse():

@@ -16,7 +16,7 @@ from clustrix import ConfigError, Resources, cluster
 from clustrix.config import FIELD_SPECS, FieldSpec
 from clustrix.environment import environment_key, with_runner_requirement
 from clustrix.errors import EnvironmentSetupError
-from clustrix.remote import backend_for
+from clustrix.backend import backend_for
 
 if TYPE_CHECKING:
     from .conftest import TestCluster

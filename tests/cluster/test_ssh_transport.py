@@ -421,19 +421,18 @@ def test_a_slurm_call_through_a_chatty_login_shell(on_slurm, chatty_login):
     # Every command of a whole call (home, environment, staging, submission, status checks,
     # results) goes through a shell that prints "errors" before each of them.
     from clustrix import Resources
-    from clustrix.remote import RemoteBackend
+    from clustrix.backend import CallSpec
+    from clustrix.cluster.backend import ClusterBackend
     from clustrix.schedulers import scheduler_for
 
     config = clustrix.get_config()
-    backend = RemoteBackend(chatty_login, scheduler_for("slurm"), config)
+    backend = ClusterBackend(chatty_login, scheduler_for("slurm"), config)
     assert backend.work_dir.startswith("/") and "help desk" not in backend.work_dir
     job = backend.submit(
         _double,
         [((21,), {}), ((4,), {})],
-        config=config,
-        resources=Resources.parse(time="00:05:00"),
-        environment=None,
-        options={},
+        CallSpec(resources=Resources.parse(time="00:05:00")),
+        config,
     )
-    futures = [future for task in job.tasks for future in task.futures]
+    futures = job.futures
     assert [future.result(timeout=120) for future in futures] == [42, 8]

@@ -9,7 +9,7 @@ import pytest
 import clustrix
 from clustrix import cluster
 from clustrix.errors import SchedulerUnavailableError
-from clustrix.remote import backend_for
+from clustrix.backend import backend_for
 
 
 @cluster(time="00:05:00")

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
+from ..cluster import layout
 from ..resources import Resources
 from .base import JobState, JobStatus, Scheduler, ScriptContext
 
@@ -21,7 +22,7 @@ _TIMEOUT_EXIT = 124
 _SIGNAL_EXITS = {128 + 15, 128 + 9}
 
 
-class DirectScheduler(Scheduler):
+class SshScheduler(Scheduler):
     name = "ssh"
     option_help: ClassVar[dict[str, str]] = {
         "nice": "scheduling priority adjustment passed to nice(1)",
@@ -46,7 +47,7 @@ class DirectScheduler(Scheduler):
 
     def task_launch(self, resources: Resources, context: ScriptContext) -> str:
         folder = shlex.quote(context.job_dir)
-        command = f'{context.python_command} {folder}/runner.py {folder} "$task"'
+        command = f'{context.python_command} {folder}/{layout.RUNNER} {folder} "$task"'
         # No scheduler shares out the host: the tasks of a job take turns for its cores. Each
         # task holds one of nproc/cores slot locks (fd 8, kept by the exec'd runner) while it
         # runs, so a map of a hundred calls runs a core's worth at a time, not all at once.
@@ -69,10 +70,10 @@ class DirectScheduler(Scheduler):
         # The exit code is kept in a file named by that id, for the status check. Each task
         # of a job is its own submission in the same folder: the files are per task, and a
         # resubmitted task's old id file is removed before it starts again.
-        pid_file = f"pid-{context.task or 0}"
+        pid_file = layout.pid_file(context.task or 0)
         inner = (
-            f"echo $$ > {pid_file}; bash {shlex.quote(script)} >> scheduler.log 2>&1 < /dev/null; "
-            'echo $? > "exit_code-$$"'
+            f"echo $$ > {pid_file}; bash {shlex.quote(script)} >> {layout.SCHEDULER_LOG} 2>&1 "
+            f'< /dev/null; echo $? > "{layout.exit_code_file("$$")}"'
         )
         return (
             f"rm -f {pid_file}; "
@@ -86,7 +87,7 @@ class DirectScheduler(Scheduler):
     def status_command(self, jobs: Mapping[str, str], detailed: bool = False) -> str:
         checks = []
         for pid, folder in jobs.items():
-            code_file = shlex.quote(f"{folder}/exit_code-{pid}")
+            code_file = shlex.quote(f"{folder}/{layout.exit_code_file(pid)}")
             checks.append(
                 f"if [ -s {code_file} ]; then echo {shlex.quote(pid)} DONE $(cat {code_file}); "
                 f"elif kill -0 {shlex.quote(pid)} 2>/dev/null; "

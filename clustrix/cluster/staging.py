@@ -1,0 +1,446 @@
+"""Everything until the scheduler has accepted a job, and what to do if that was cut short.
+
+A submission pickles the calls into tasks, plans the job's Python environment, renders one
+script per submission (a large map may be several arrays), writes the job to the store, and
+then stages the folder and submits every part in ONE command fed with a tar stream. Each
+part's scheduler id is written to ``submitted-N`` in the folder as the scheduler answers, so
+that a submission whose connection drops, or whose client dies, can still be read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shlex
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from ..backend import CallArgs, CallSpec
+from ..config import ClusterConfig
+from ..environment import modules_named_in_pickle, plan_environment, prepare_local_modules
+from ..errors import ClustrixError, ConnectionFailedError
+from ..job_runtime import shipped_runtime
+from ..payload import function_name, pickle_calls, pickle_function, pickling_for_remote_job
+from ..resources import Resources
+from ..schedulers import JobState, Scheduler, ScriptContext
+from ..schedulers.base import ArraySpec
+from ..store import JobRecord, JobStore, this_process
+from ..transport.base import Transport
+from . import layout
+from .archive import job_files, tar_bytes
+from .environments import Environments, python_command
+from .job import ClusterJob, Submission, Task, index_ranges, new_job_id
+
+logger = logging.getLogger("clustrix.remote")
+
+# How long a submission whose connection dropped is given to report on the login node: a
+# short grace once its shell has ended, a longer patience while the shell still runs (a
+# scheduler slow to answer).
+SUBMISSION_GRACE = 15.0
+SUBMISSION_PATIENCE = 120.0
+
+#: Makes the tracked job for a submission: (job id, folder, name, function, task sizes,
+#: config, retries) -> ClusterJob with its futures wired to the backend.
+JobFactory = Callable[[str, str, str, Any, list[int], ClusterConfig, int], ClusterJob]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job ready to stage: its tracked form, its files and its submissions."""
+
+    job: ClusterJob
+    record: JobRecord
+    files: dict[str, tuple[bytes, int]]
+    parts: list[ScriptContext]
+
+
+class Stager:
+    """Stages and submits the jobs of one cluster (one transport, one scheduler)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        scheduler: Scheduler,
+        environments: Environments,
+        connection: Mapping[str, Any],
+    ) -> None:
+        self.transport = transport
+        self.scheduler = scheduler
+        self.environments = environments
+        self.connection = dict(connection)
+
+    # ------------------------------------------------------------------ preparing
+
+    def prepare(
+        self,
+        func: Callable[..., Any],
+        calls: Sequence[CallArgs],
+        spec: CallSpec,
+        config: ClusterConfig,
+        *,
+        work_dir: str,
+        max_array: int,
+        new_job: JobFactory,
+    ) -> Prepared:
+        """Pickle, plan and render a submission of ``calls``; nothing reaches the cluster
+        yet except the Python environment, which is built here if it does not exist."""
+        if not calls:
+            raise ValueError("nothing to submit")
+        options = dict(spec.options)
+        job_name = spec.job_name or str(
+            options.pop("job_name", f"clustrix-{getattr(func, '__name__', 'call')}")
+        )
+        options.pop("job_name", None)
+        self.scheduler.check_options(options)
+        per_task = calls_per_task(len(calls), spec.chunksize, config)
+        chunks = [list(calls[i : i + per_task]) for i in range(0, len(calls), per_task)]
+        with pickling_for_remote_job():
+            function_bytes = pickle_function(func)
+            payloads = [pickle_calls(func, chunk) for chunk in chunks]
+        # Read once from the pickles' opcodes, for the environment and the shipped runtime.
+        payload_modules = set().union(
+            *(modules_named_in_pickle(p) for p in [function_bytes, *payloads[:3]])
+        )
+        values = [value for args, kwargs in calls[:100] for value in (*args, *kwargs.values())]
+        plan = plan_environment(
+            func,
+            spec.environment,
+            python_executable=config.python_executable,
+            conda_env_name=config.conda_env_name,
+            payload_modules=payload_modules,
+            modules=prepare_local_modules(func, values),
+        )
+        report = self.environments.ensure(plan, work_dir, config)
+        job_id = new_job_id()
+        folder = f"{work_dir}/{job_id}"
+        name = function_name(func)
+        job = new_job(job_id, folder, name, func, [len(c) for c in chunks], config, spec.retries)
+        job.retry_on = spec.retry_on
+        for future in job.futures():
+            future.environment = report
+        context = script_context(config, job_name, folder, python_command(plan, report), options)
+        job.context = context
+        job.resources = resources_per_task(spec.resources, per_task)
+        parts = plan_parts(len(chunks), max_array, config.max_parallel_jobs, context)
+        scripts = [self.scheduler.render_script(job.resources, part) for part in parts]
+        files = job_files(
+            job_id=job_id,
+            name=name,
+            function_bytes=function_bytes,
+            tasks=payloads,
+            scripts={layout.script_file(n): text for n, text in enumerate(scripts)},
+            extra=shipped_runtime(payload_modules),
+        )
+        record = JobRecord(
+            job_id=job_id,
+            function=name,
+            cluster_type=self.scheduler.name,
+            host=self.transport.where,
+            remote_folder=folder,
+            state="SUBMITTING",
+            items=len(calls),
+            task_sizes=[len(chunk) for chunk in chunks],
+            connection=self.connection,
+            parts=[part_fields(part) for part in parts],
+            submitter=this_process(),
+        )
+        return Prepared(job, record, files, parts)
+
+    # ------------------------------------------------------------------ submitting
+
+    def submit(self, prepared: Prepared, work_dir: str) -> list[str]:
+        """Stage the folder and submit every part in one round trip; the scheduler ids.
+
+        The job is in the store (SUBMITTING, with its planned parts) before anything reaches
+        the cluster. A connection that drops meanwhile is recovered from ``submitted-N``.
+        """
+        job, parts = prepared.job, prepared.parts
+        store = job.store
+        store.add(prepared.record)
+        folder = shlex.quote(job.folder)
+        quoted_work = shlex.quote(work_dir)
+        submits = " && ".join(
+            f"[ ! -e {layout.ABANDONED} ] && "
+            f"{{ {self.scheduler.submit_command(layout.script_file(n), part)}; }} "
+            f"> {layout.submitted_file(n)}"
+            for n, part in enumerate(parts)
+        )
+        answers = " ".join(layout.submitted_file(n) for n in range(len(parts)))
+        command = (
+            f"mkdir -p {quoted_work} && chmod 700 {quoted_work} && mkdir -m 700 {folder} "
+            f"&& cd {folder} && echo $$ > {layout.SUBMITTING_PID} && tar -x -f - && "
+            f"{submits} && cat {answers}"
+        )
+        try:
+            try:
+                output = self.transport.run(command, stdin=tar_bytes(prepared.files)).stdout
+                lines = output.strip().splitlines()[-len(parts) :]
+            except ConnectionFailedError:
+                lines = self._submitted_after_drop(job.folder, len(parts))
+        except Exception as exc:
+            store.update(job.job_id, state="FAILED", finished=time.time(), message=str(exc)[:2000])
+            raise
+        ids = [self.scheduler.parse_job_id(line) for line in lines]
+        for part, scheduler_id in zip(parts, ids, strict=True):
+            record_submission(job, Submission(scheduler_id, **part_fields(part)))
+        store.update(job.job_id, state="PENDING")
+        return ids
+
+    def resubmit(self, job: ClusterJob, task: Task) -> None:
+        """Submit one task again (a node failure, preemption, ``retry_on``) in its folder."""
+        assert job.context is not None and job.resources is not None
+        task.attempts += 1
+        logger.warning(
+            "resubmitting task %d of %s (attempt %d)", task.index, job.job_id, task.attempts
+        )
+        part = replace(job.context, array=None, task=task.index)
+        name = layout.retry_script(task.index, task.attempts)
+        script = self.scheduler.render_script(job.resources, part)
+        # The previous attempt's result, if any, must not be collected as this one's.
+        output = self.transport.run(
+            f"cd {shlex.quote(job.folder)} && rm -f {layout.result_file(task.index)} && "
+            f"cat > {name} && chmod 700 {name} && "
+            f"{{ {self.scheduler.submit_command(name, part)}; }}",
+            stdin=script.encode(),
+        ).stdout
+        scheduler_id = self.scheduler.parse_job_id(output)
+        record_submission(job, Submission(scheduler_id, **part_fields(part)))
+        for future in task.futures:
+            future.attempts = task.attempts
+
+    # ------------------------------------------------------------------ when cut short
+
+    def report(self, folder: str, parts: int) -> tuple[bool, list[str]]:
+        """What a submission left in its job folder: whether its shell still runs, and a
+        line per part it reached: the scheduler's answer, or "-" while there is none.
+
+        No line at all when the folder does not exist (the submission never began).
+        """
+        files = " ".join(layout.submitted_file(n) for n in range(parts))
+        command = (
+            f"cd {shlex.quote(folder)} 2>/dev/null || {{ echo ended; exit 0; }}; "
+            f'if kill -0 "$(cat {layout.SUBMITTING_PID} 2>/dev/null)" 2>/dev/null; '
+            "then echo running; else echo ended; fi; "
+            f'for f in {files}; do if [ -s "$f" ]; then tail -n 1 "$f"; else echo -; fi; done'
+        )
+        answer = self.transport.run(command, check=False).stdout.splitlines()
+        return answer[:1] == ["running"], answer[1:]
+
+    def _submitted_after_drop(self, folder: str, parts: int) -> list[str]:
+        """The id lines of a submission whose connection dropped, read back from its folder.
+
+        The submitting shell goes on without the connection, so its parts are given a moment
+        to finish. If some never report, the submission is abandoned: parts not yet started
+        will not start, and those the scheduler accepted are cancelled, so that nothing runs
+        untracked. Raises ConnectionFailedError then, saying so.
+        """
+        started = time.monotonic()
+        lines: list[str] = []
+        answered = running = False
+        while True:
+            with contextlib.suppress(ClustrixError, OSError):
+                running, lines = self.report(folder, parts)
+                answered = True
+            if len(lines) == parts and "-" not in lines:
+                logger.warning(
+                    "the connection to %s dropped during a submission; the scheduler had "
+                    "accepted it, and it is tracked as usual",
+                    self.transport.where,
+                )
+                return lines
+            waited = time.monotonic() - started
+            if waited > SUBMISSION_PATIENCE or (waited > SUBMISSION_GRACE and not running):
+                break
+            time.sleep(1.0)
+        raise self._abandon(folder, lines, answered=answered, running=running)
+
+    def _abandon(
+        self, folder: str, lines: list[str], *, answered: bool, running: bool
+    ) -> ConnectionFailedError:
+        """Stop a submission that could not be read back; the error that says what was done."""
+        lost = f"the connection to {self.transport.where} dropped during a submission"
+        if not answered:
+            return ConnectionFailedError(
+                f"{lost} and could not be reopened, so whether the scheduler accepted it is "
+                f"unknown: look in the queue (its job folder is {folder})"
+            )
+        quoted = shlex.quote(folder)
+        accepted = [self.scheduler.parse_job_id(line) for line in lines if line != "-"]
+        cancel = self.scheduler.cancel_command(accepted) if accepted else "true"
+        abandoned = False
+        with contextlib.suppress(ClustrixError, OSError):
+            # The folder existing also stops a submission that has not even started.
+            self.transport.run(
+                f"mkdir -p -m 700 {quoted} && touch {quoted}/{layout.ABANDONED}; {cancel}",
+                check=False,
+            )
+            abandoned = True
+        if not accepted:
+            outcome = "no part of it had been accepted"
+        elif abandoned:
+            outcome = f"the parts it had accepted ({', '.join(accepted)}) were cancelled"
+        else:
+            outcome = f"cancel the parts it had accepted yourself: {cancel}"
+        late = (
+            f" (a part still being submitted after {SUBMISSION_PATIENCE:g} s may yet start: "
+            "look in the queue)"
+            if running
+            else ""
+        )
+        return ConnectionFailedError(
+            f"{lost}, and not every part's answer could be read back from {folder}; {outcome}{late}"
+        )
+
+    def adopt(self, record: JobRecord, store: JobStore) -> bool:
+        """Take over a job whose submitting process died while submitting it.
+
+        What the scheduler accepted is read back from the job folder (each part's id is
+        written there as the scheduler answers) and recorded, so that the job can be
+        watched, listed and cancelled like any other. Parts that were never submitted are
+        abandoned, so they can never start untracked. Returns False, changing nothing, while
+        the submitting shell still runs on the cluster, or for a record without its planned
+        parts (written by an older version).
+        """
+        parts = record.parts
+        if not parts:
+            return False
+        running, lines = self.report(record.remote_folder, len(parts))
+        if running:
+            return False
+        lines += ["-"] * (len(parts) - len(lines))
+        accepted: list[str] = []
+        for part, line in zip(parts, lines, strict=True):
+            if line != "-":
+                submission = Submission(self.scheduler.parse_job_id(line), **part)
+                store.add_submission(record.job_id, asdict(submission))
+                accepted.append(submission.scheduler_id)
+        never = [
+            part["offset"] + n
+            for part, line in zip(parts, lines, strict=True)
+            if line == "-"
+            for n in range(part["count"])
+        ]
+        if never:
+            quoted = shlex.quote(record.remote_folder)
+            self.transport.run(f"mkdir -p -m 700 {quoted} && touch {quoted}/{layout.ABANDONED}")
+        message = _adoption_message(record, accepted, never)
+        logger.warning("job %s %s", record.job_id, message)
+        store.update(
+            record.job_id,
+            state="PENDING" if accepted else "FAILED",
+            message=message,
+            finished=None if accepted else time.time(),
+        )
+        return True
+
+
+def _adoption_message(record: JobRecord, accepted: list[str], never: list[int]) -> str:
+    submitter = record.submitter
+    return (
+        f"adopted: its submitting process ({submitter.get('host', '?')}, pid "
+        f"{submitter.get('pid', '?')}) stopped while submitting; the scheduler had "
+        f"accepted {len(accepted)} of {len(record.parts)} submission(s)"
+        + (f" ({', '.join(accepted)})" if accepted else "")
+        + (f"; task(s) {index_text(never)} were never submitted" if never else "")
+    )
+
+
+def record_submission(job: ClusterJob, submission: Submission) -> None:
+    """An accepted submission: its tasks are pending under its id, in memory and store."""
+    for task in job.tasks[submission.offset : submission.offset + submission.count]:
+        task.submission = submission
+        task.state = JobState.PENDING
+        task.missing_result_checks = 0
+        for future in task.futures:
+            future.scheduler_id = submission.scheduler_id
+    job.store.add_submission(job.job_id, asdict(submission))
+
+
+def plan_parts(
+    tasks: int, largest: int, max_parallel_jobs: int, context: ScriptContext
+) -> list[ScriptContext]:
+    """Contexts of the submissions running tasks ``0 .. tasks-1``: arrays of at most
+    ``largest`` elements (1: a job per task).
+
+    When a map needs several arrays, they share ``max_parallel_jobs`` between them (at
+    least one running task each), so splitting does not multiply the tasks running at once.
+    """
+    spans = [(start, min(largest, tasks - start)) for start in range(0, tasks, largest)]
+    arrays = sum(1 for _, count in spans if count > 1)
+    share = max(1, max_parallel_jobs // max(1, arrays))
+    return [
+        replace(context, array=ArraySpec(start, count, min(share, count)))
+        if count > 1
+        else replace(context, array=None, task=start)
+        for start, count in spans
+    ]
+
+
+def part_fields(part: ScriptContext) -> dict[str, Any]:
+    """The tasks one submission runs, as the job store records them."""
+    if part.array is None:
+        return {"offset": part.task, "count": 1, "is_array": False}
+    return {"offset": part.array.offset, "count": part.array.count, "is_array": True}
+
+
+def calls_per_task(calls: int, chunksize: int | None, config: ClusterConfig) -> int:
+    """Calls each array task runs: ``chunksize``, or few enough tasks for max_parallel_jobs."""
+    return chunksize or max(1, math.ceil(calls / config.max_parallel_jobs))
+
+
+def resources_per_task(resources: Resources, per_task: int) -> Resources:
+    """A task running ``per_task`` calls one after the other needs that many times the time."""
+    if per_task > 1 and resources.time_seconds is not None:
+        return replace(resources, time_seconds=resources.time_seconds * per_task)
+    return resources
+
+
+def script_context(
+    config: ClusterConfig,
+    job_name: str,
+    job_dir: str,
+    python_command: str,
+    options: Mapping[str, Any],
+    array: ArraySpec | None = None,
+) -> ScriptContext:
+    """What a job script needs from the configuration, besides the resources."""
+    return ScriptContext(
+        job_name=job_name,
+        job_dir=job_dir,
+        python_command=python_command,
+        module_loads=config.module_loads,
+        environment_variables=config.environment_variables,
+        pre_execution_commands=config.pre_execution_commands,
+        account=config.account,
+        qos=config.qos,
+        options=options,
+        array=array,
+    )
+
+
+def index_text(indices: list[int]) -> str:
+    """``0-3, 7`` for [0, 1, 2, 3, 7]."""
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in index_ranges(indices))
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[list[int]]:
+    """Hold back SIGINT (Ctrl-C, a notebook's interrupt) for the block; the list tells if one
+    came. Only where it would raise KeyboardInterrupt: the main thread, default handler."""
+    received: list[int] = []
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield received
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
