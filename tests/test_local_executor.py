@@ -42,28 +42,10 @@ def write_marker(path, seconds=0.0):
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def test_context_manager_execute_single_and_defaults():
+def test_context_manager_and_defaults():
     with LocalExecutor() as executor:
         assert executor.max_workers == len(os.sched_getaffinity(0))
-        assert executor.execute_single(power, (3,), {"exponent": 3}) == 27
         assert executor.submit(power, 4).result(timeout=30) == 16
-
-
-def test_execute_parallel_accepts_tuples_and_dicts_in_order():
-    with LocalExecutor(max_workers=2) as executor:
-        chunks = [(2,), {"base": 3, "exponent": 3}, (4, 1)]
-        assert executor.execute_parallel(power, chunks) == [4, 27, 4]
-
-
-def test_execute_loop_parallel_passes_the_loop_variable():
-    with LocalExecutor(max_workers=2) as executor:
-        results = executor.execute_loop_parallel(
-            power, "base", range(20), func_kwargs={"exponent": 3}
-        )
-        assert results == [i**3 for i in range(20)]
-        assert executor.execute_loop_parallel(
-            power, "exponent", [0, 1, 2], func_args=(5,), chunk_size=1
-        ) == [1, 5, 25]
 
 
 def test_map_uses_several_worker_processes():
@@ -95,7 +77,7 @@ def test_threads_kind_runs_in_this_process():
     with LocalExecutor(max_workers=2, kind="threads") as executor:
         assert set(executor.map(pid_of, range(4))) == {os.getpid()}
         lock = threading.Lock()
-        assert executor.execute_single(lambda held: held.locked(), (lock,)) is False
+        assert executor.submit(lambda held: held.locked(), lock).result() is False
 
 
 def test_crash_in_map_is_reported_and_executor_recovers():

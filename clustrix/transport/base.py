@@ -1,4 +1,4 @@
-"""What every transport offers: run a shell command, and read and write files.
+"""What every transport offers: run a shell command (files travel as its input and output).
 
 The rest of Clustrix reaches a machine only through these few operations, so the same
 scheduler code works on a login node reached over SSH and on the machine it runs on.
@@ -87,14 +87,6 @@ class Transport(Protocol):
         stdout and stderr hold only what the command printed: whatever the shell printed
         before it (a login banner, an ``echo`` in ``~/.bashrc``) is left out.
         """
-        ...
-
-    def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
-        """Create or replace the file at absolute ``path`` with ``data`` and ``mode``."""
-        ...
-
-    def read_file(self, path: str) -> bytes:
-        """The contents of the file at absolute ``path`` (``FileNotFoundError`` if missing)."""
         ...
 
     def home(self) -> str:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 from .base import CommandResult, OutputFrame
 
 
 class LocalTransport:
-    """Runs commands with bash and touches files directly; no connection to manage."""
+    """Runs commands with bash; no connection to manage."""
 
     where = "localhost"
 
@@ -35,15 +34,6 @@ class LocalTransport:
         stderr = frame.strip(completed.stderr).decode(errors="replace")
         result = CommandResult(command, completed.returncode, stdout, stderr)
         return result.check(self.where) if check else result
-
-    def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.chmod(path, mode)
-
-    def read_file(self, path: str) -> bytes:
-        return Path(path).read_bytes()
 
     def home(self) -> str:
         return os.path.expanduser("~")

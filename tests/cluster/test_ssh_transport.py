@@ -159,18 +159,6 @@ def test_a_command_reading_its_input_sees_the_end_of_it(test_cluster):
     assert transport.run("exit 3", check=False).exit_code == 3
 
 
-def test_file_round_trip_and_missing_file(test_cluster, tmp_path):
-    transport = transport_for(test_cluster, Path(test_cluster.known_hosts))
-    path = f"{transport.home()}/clustrix-transport-test.bin"
-    data = bytes(range(256)) * 4096
-    transport.write_file(path, data, mode=0o600)
-    assert transport.read_file(path) == data
-    assert transport.run(f"stat -c %a {path}").stdout.strip() == "600"
-    transport.run(f"rm -f {path}")
-    with pytest.raises(FileNotFoundError):
-        transport.read_file(path)
-
-
 def test_large_binary_output_and_stdin(test_cluster):
     transport = transport_for(test_cluster, Path(test_cluster.known_hosts))
     result = transport.run("cat; head -c 100000 /dev/zero >&2", stdin=b"\x00\x01" * 3_000_000)
@@ -333,7 +321,7 @@ def host_key_lines(test_cluster, tmp_path) -> tuple[str, str, str]:
 def no_global_known_hosts(tmp_path, monkeypatch):
     """The global known-hosts files, as a file of the test's own (empty at first)."""
     path = tmp_path / "ssh_known_hosts"
-    monkeypatch.setattr("clustrix.transport.ssh.GLOBAL_KNOWN_HOSTS", (path,))
+    monkeypatch.setattr("clustrix.transport.hostkeys.GLOBAL_KNOWN_HOSTS", (path,))
     return path
 
 

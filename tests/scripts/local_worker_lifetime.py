@@ -28,9 +28,9 @@ def sleep_long(seconds):
 if __name__ == "__main__":
     how, options = sys.argv[1], set(sys.argv[2:])
     if "watchdog-only" in options:
-        from clustrix.local import executor
+        from clustrix.local import lifetime
 
-        executor._PR_SET_PDEATHSIG = 0  # not a prctl option: the call fails, as off Linux
+        lifetime._PR_SET_PDEATHSIG = 0  # not a prctl option: the call fails, as off Linux
     pid_of(1)
     if "timeout" in options:
         sleep_long.submit(300)
