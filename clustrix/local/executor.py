@@ -19,12 +19,12 @@ import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..errors import ConfigError
-from ..futures import ClusterFuture, add_note, mark_cancelled, resolved, settle
+from ..futures import ClusterFuture, add_note, chain, mark_cancelled, resolved, settle
 from ..payload import (
     CallArgs,
     batch_outcomes,
@@ -43,7 +43,6 @@ __all__ = [
     "LocalExecutor",
     "auto_chunksize",
     "available_cores",
-    "chain_native",
     "in_local_worker",
     "in_worker",
 ]
@@ -168,7 +167,7 @@ class LocalExecutor:
             return resolved(name, "local:inline", capture(func, args, kwargs))
         if kind == "threads":
             future = ClusterFuture(name, "local:threads")
-            chain_native(self._pools.thread_pool().submit(run_inline, func, args, kwargs), future)
+            chain(self._pools.thread_pool().submit(run_inline, func, args, kwargs), future)
             if timeout is not None:
                 expire_after(future, timeout, "a thread cannot be stopped; it may still be running")
             return future
@@ -273,21 +272,6 @@ class LocalExecutor:
             # After a failure or an interrupt (Ctrl-C), no batch that has not started starts.
             for _, _, cancel in submitted:
                 cancel()
-
-
-def chain_native(inner: Future, future: ClusterFuture) -> None:
-    """Settle ``future`` as ``inner`` (a plain executor's future) ends; cancel it with it."""
-    future.bind_cancel(inner.cancel)
-
-    def transfer(done: Future) -> None:
-        if done.cancelled() or isinstance(done.exception(), CancelledError):
-            mark_cancelled(future)
-        elif done.exception() is not None:
-            settle(future, False, done.exception())
-        else:
-            settle(future, True, done.result())
-
-    inner.add_done_callback(transfer)
 
 
 def _gather(inner: list[Future], return_exceptions: bool) -> list[tuple[bool, Any]]:
