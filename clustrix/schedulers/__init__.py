@@ -8,10 +8,11 @@ from .pbs import PbsScheduler
 from .sge import SgeScheduler
 from .slurm import SlurmScheduler
 
+# In the order messages list them (config.CLUSTER_TYPES is "local" and these names).
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    "pbs": PbsScheduler,
-    "sge": SgeScheduler,
     "slurm": SlurmScheduler,
+    "sge": SgeScheduler,
+    "pbs": PbsScheduler,
     "ssh": DirectScheduler,
 }
 
