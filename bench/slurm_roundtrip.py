@@ -26,8 +26,8 @@ import submitit
 from testcluster import configure_slurm, remove_remote_folder
 
 import clustrix
-from clustrix.environment import plan_environment
 from clustrix.backend import backend_for
+from clustrix.environment import plan_environment
 
 
 def trivial(x: int) -> int:

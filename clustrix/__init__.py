@@ -28,6 +28,7 @@ from .errors import (
     ClustrixError,
     ConfigError,
     JobFailedError,
+    JobNotFoundError,
     JobTimeoutError,
     RemoteError,
     RemoteTraceback,
@@ -36,7 +37,6 @@ from .errors import (
 )
 from .executor import Executor
 from .futures import ClusterFuture
-from .errors import JobNotFoundError
 from .handle import Job, get_job, jobs
 from .local import LocalExecutor
 from .resources import Resources

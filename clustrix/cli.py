@@ -15,6 +15,7 @@ import click
 import yaml
 
 from . import __version__
+from .backend import backend_for
 from .config import (
     FIELD_NAMES,
     FIELD_SPECS,
@@ -29,7 +30,6 @@ from .config import (
     user_config_dir,
 )
 from .errors import ClustrixError
-from .backend import backend_for
 
 
 class _Group(click.Group):

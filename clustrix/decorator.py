@@ -197,7 +197,6 @@ def _cloudpickle_at_work() -> bool:
     return False
 
 
-
 @overload
 def cluster(func: F) -> ClusterFunction: ...
 @overload

@@ -19,25 +19,15 @@ from concurrent import futures as cf
 from typing import Any
 
 from .backend import Backend, CallArgs, CallSpec, Submitted, backend_for, columns
-from .config import ClusterConfig, check_argument, resolve_config
+from .config import ARGUMENT_SETTINGS, ARGUMENT_SPECS, ClusterConfig, check_argument, resolve_config
 from .futures import ClusterFuture, chain
 from .local import LocalExecutor, in_worker
 from .loopcalls import ArrayCall, LoopVersions, loop_threads
 from .progress import gather, wanted
 from .resources import RESOURCE_ARGUMENTS, Resources
 
-# Decorator arguments that override a configuration setting of another name.
-ARGUMENT_SETTINGS = {
-    "cores": "default_cores",
-    "memory": "default_memory",
-    "time": "default_time",
-    "gpus": "default_gpus",
-    "partition": "default_partition",
-    "queue": "default_queue",
-    "executor": "local_executor",
-}
-# Arguments that are not settings: checked by ``check_argument``, kept on the executor.
-CALL_ARGUMENTS = ("parallel", "environment", "retries", "retry_on", "timeout", "profile")
+# Arguments that are not settings, kept on the executor (``ARGUMENT_SETTINGS`` override one).
+CALL_ARGUMENTS = tuple(ARGUMENT_SPECS)
 
 
 def _apply_chunk(func: Callable[..., Any], chunk: list[tuple]) -> list[Any]:
@@ -56,10 +46,19 @@ class Executor(cf.Executor):
     def __init__(self, **options: Any) -> None:
         arguments = {name: options.pop(name, None) for name in CALL_ARGUMENTS}
         settings = {name: options.pop(name, None) for name in ARGUMENT_SETTINGS}
-        checked = {name: check_argument(name, value) for name, value in arguments.items()}
+        # None means "not given" for every argument.
+        checked = {
+            name: None if value is None else check_argument(name, value)
+            for name, value in arguments.items()
+        }
+        settings = {
+            name: None if value is None else check_argument(name, value)
+            for name, value in settings.items()
+        }
         # Parse the resource spellings now, so a typo fails at once, not at submission.
-        Resources.parse(**{k: v for k, v in settings.items() if k in RESOURCE_ARGUMENTS})
-        check_argument("executor", settings["executor"])
+        Resources.parse(
+            **{k: v for k, v in settings.items() if k in RESOURCE_ARGUMENTS and v is not None}
+        )
         self.parallel = checked["parallel"]
         self.environment = checked["environment"]
         self.retries = checked["retries"] or 0
@@ -98,7 +97,7 @@ class Executor(cf.Executor):
     def resources(self, config: ClusterConfig | None = None) -> Resources:
         """The normalised resource request of a call made now."""
         config = config or self.effective_config()
-        return Resources.from_config(config)
+        return Resources.from_settings(config)
 
     def spec(self, config: ClusterConfig, chunksize: int | None = None) -> CallSpec:
         """What a call made now asks of its backend."""
@@ -205,7 +204,10 @@ class Executor(cf.Executor):
                 for args, kwargs in calls:
                     futures.append(self.submit_call(fn, args, kwargs))
                 return gather(
-                    futures, return_exceptions=return_exceptions, progress=shown, description=_name(fn)
+                    futures,
+                    return_exceptions=return_exceptions,
+                    progress=shown,
+                    description=_name(fn),
                 )
             except BaseException:
                 for future in futures:

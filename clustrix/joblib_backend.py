@@ -20,12 +20,11 @@ This module imports joblib; ``import clustrix`` does not (see ``clustrix._joblib
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import queue
 import threading
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from typing import Any
 
 import cloudpickle

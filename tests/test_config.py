@@ -378,16 +378,11 @@ def test_directive_settings_refuse_control_characters_and_whitespace(
     with pytest.raises(ConfigError, match=problem):
         get_config()
     monkeypatch.delenv(f"CLUSTRIX_{name.upper()}")
-    # ...or a decorator argument, before anything is submitted.
+    # ...or a decorator argument, when the decorator is applied.
     if name in ("default_partition", "default_queue"):
         argument = name.removeprefix("default_")
-
-        @clustrix.cluster(**{argument: value})
-        def f():
-            return 1
-
         with pytest.raises(ConfigError, match=problem):
-            f.effective_config()
+            clustrix.cluster(**{argument: value})(len)
 
 
 def test_paths_and_names_are_one_line_but_commands_and_values_may_span_lines():
@@ -412,3 +407,106 @@ def test_environment_variable_names_are_plain_shell_identifiers(name):
     with pytest.raises(ConfigError, match="variable names that are identifiers") as info:
         configure(environment_variables={name: "1"})
     assert info.value.field == "environment_variables"
+
+
+# ---------------------------------------------------------------------- default_gpus
+
+
+def test_default_gpus_is_validated_like_its_siblings(monkeypatch):
+    assert get_config().default_gpus == 0
+    assert configure(default_gpus=2).default_gpus == 2
+    for value, shown in ((-1, "-1"), (1.5, "1.5"), (True, "True"), ("2", "'2'")):
+        with pytest.raises(ConfigError) as info:
+            configure(default_gpus=value)
+        assert str(info.value) == f"default_gpus={shown} is not valid: expected an integer >= 0"
+        assert info.value.field == "default_gpus"
+    monkeypatch.setenv("CLUSTRIX_DEFAULT_GPUS", "many")
+    with pytest.raises(ConfigError, match="environment variable CLUSTRIX_DEFAULT_GPUS"):
+        get_config()
+    with pytest.raises(ConfigError, match="did you mean 'default_gpus'"):
+        configure(gpus=1)
+
+
+def test_default_gpus_comes_from_every_layer(home, monkeypatch):
+    write(
+        home / ".clustrix/config.yaml",
+        "default_gpus: 1\nprofiles:\n  gpu:\n    default_gpus: 4\n",
+    )
+    resolved = resolve_config()
+    assert (resolved.config.default_gpus, resolved.sources["default_gpus"]) == (
+        1,
+        str(home / ".clustrix/config.yaml"),
+    )
+    assert resolve_config("gpu").config.default_gpus == 4
+    monkeypatch.setenv("CLUSTRIX_DEFAULT_GPUS", "2")
+    assert resolve_config().sources["default_gpus"] == "environment"
+    assert get_config().default_gpus == 2
+    configure(default_gpus=3)
+    assert resolve_config().sources["default_gpus"] == "configure()"
+    assert resolve_config(overrides={"default_gpus": 0}).config.default_gpus == 0
+    path = write(home / "broken.yaml", "default_cores: 2\ndefault_gpus: -2\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:2: default_gpus=-2 is not valid"):
+        load_config(path)
+
+
+# ---------------------------------------------------------------------- retired settings
+
+
+def test_a_retired_setting_in_a_config_file_is_ignored_with_a_warning(home):
+    path = write(
+        home / ".clustrix/config.yaml",
+        "default_cores: 2\nprefer_local_parallel: true\nprofiles:\n"
+        "  big:\n    prefer_local_parallel: false\n",
+    )
+    with pytest.warns(UserWarning) as caught:
+        config = resolve_config("big").config
+    messages = [str(warning.message) for warning in caught]
+    assert (
+        f"ignoring setting 'prefer_local_parallel' in {path}:2, which is no longer used"
+        in (messages[0])
+    )
+    assert f"{path}:5" in messages[1]
+    assert "auto_parallel" in messages[0]
+    assert config.default_cores == 2
+    assert "prefer_local_parallel" not in config.to_dict()
+
+
+def test_a_retired_setting_elsewhere_is_ignored_with_a_warning_or_refused(monkeypatch):
+    monkeypatch.setenv("CLUSTRIX_PREFER_LOCAL_PARALLEL", "true")
+    with pytest.warns(UserWarning, match="environment variable CLUSTRIX_PREFER_LOCAL_PARALLEL"):
+        get_config()
+    monkeypatch.delenv("CLUSTRIX_PREFER_LOCAL_PARALLEL")
+    with pytest.warns(UserWarning, match=r"'prefer_local_parallel' in configure\(\), which is no"):
+        assert configure(prefer_local_parallel=True, default_cores=3).default_cores == 3
+    # Building a config in code is not reading old files: there it is an error, saying why.
+    with pytest.raises(
+        ConfigError, match=r"'prefer_local_parallel' in ClusterConfig\(\) is no longer"
+    ):
+        ClusterConfig(prefer_local_parallel=True)
+    with pytest.raises(ConfigError, match="no longer used") as info:
+        get_config().replace(prefer_local_parallel=True)
+    assert info.value.field == "prefer_local_parallel"
+    assert "prefer_local_parallel" not in FIELD_SPECS
+
+
+# ---------------------------------------------------------------------- cluster types and executors
+
+
+def test_cluster_types_are_local_and_the_scheduler_registry():
+    from clustrix import config
+    from clustrix.local import KINDS
+    from clustrix.schedulers import SCHEDULERS
+
+    assert ("local", *SCHEDULERS) == config.CLUSTER_TYPES
+    assert FIELD_SPECS["cluster_type"].choices == config.CLUSTER_TYPES
+    assert KINDS is config.LOCAL_EXECUTORS
+    assert FIELD_SPECS["local_executor"].choices == config.LOCAL_EXECUTORS
+
+
+def test_the_config_package_imports_alone_in_a_fresh_interpreter():
+    # config imports the scheduler registry, whose modules import config's text checks.
+    import subprocess
+    import sys
+
+    for module in ("clustrix.config", "clustrix.schedulers", "clustrix.resources"):
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True)

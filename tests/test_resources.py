@@ -2,8 +2,15 @@ from __future__ import annotations
 
 import pytest
 
+import clustrix
 from clustrix import ConfigError, Resources
-from clustrix.resources import format_clock, format_slurm_time, parse_memory, parse_time
+from clustrix.resources import (
+    check_number,
+    format_clock,
+    format_slurm_time,
+    parse_memory,
+    parse_time,
+)
 
 
 @pytest.mark.parametrize(
@@ -110,3 +117,16 @@ def test_resources_errors_name_the_field(kwargs, field):
         Resources.parse(**kwargs)
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}=")
+
+
+def test_resources_and_settings_share_one_number_check():
+    # Resources.parse and the settings say the same, since they run the same check.
+    with pytest.raises(ConfigError) as resource:
+        Resources.parse(gpus=-1)
+    with pytest.raises(ConfigError) as setting:
+        clustrix.configure(default_gpus=-1)
+    assert str(resource.value) == "gpus=-1 is not valid: expected an integer >= 0"
+    assert str(setting.value) == "default_gpus=-1 is not valid: expected an integer >= 0"
+    with pytest.raises(ConfigError, match="expected a number >= 1"):
+        check_number("patience", float("nan"), integer=False, minimum=1)
+    assert check_number("port", 22, integer=True, minimum=1, maximum=65535) == 22

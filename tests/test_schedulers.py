@@ -7,8 +7,8 @@ import pytest
 from clustrix import ConfigError, Resources
 from clustrix.schedulers import JobState, ScriptContext
 from clustrix.schedulers.base import setup_lines
-from clustrix.schedulers.ssh import SshScheduler
 from clustrix.schedulers.slurm import SlurmScheduler, parse_state
+from clustrix.schedulers.ssh import SshScheduler
 
 
 def context(**overrides):

@@ -146,7 +146,13 @@ class ClusterBackend:
         """``submit``, returning the tracked job itself."""
         largest = self.max_array_size(config) if self.scheduler.supports_arrays else 1
         prepared = self.staging.prepare(
-            func, calls, spec, config, work_dir=self.work_dir, max_array=largest, new_job=self._new_job
+            func,
+            calls,
+            spec,
+            config,
+            work_dir=self.work_dir,
+            max_array=largest,
+            new_job=self._new_job,
         )
         job = prepared.job
         # Ctrl-C between the scheduler accepting the job and its ids being recorded would
@@ -359,7 +365,9 @@ class ClusterBackend:
         kept = task.stdout if stream == "stdout" else task.stderr
         if kept is not None:
             return kept
-        name = layout.stdout_file(task.index) if stream == "stdout" else layout.stderr_file(task.index)
+        name = (
+            layout.stdout_file(task.index) if stream == "stdout" else layout.stderr_file(task.index)
+        )
         return self.read_file(job.folder, name)
 
     def cancel_tasks(self, job: ClusterJob, tasks: list[Task]) -> bool:

@@ -42,7 +42,9 @@ class Environments:
         self._key_locks: dict[str, threading.Lock] = {}
         self._ready: set[str] = set()
 
-    def ensure(self, plan: EnvironmentPlan, work_dir: str, config: ClusterConfig) -> EnvironmentReport:
+    def ensure(
+        self, plan: EnvironmentPlan, work_dir: str, config: ClusterConfig
+    ) -> EnvironmentReport:
         """Build the plan's venv on the cluster unless it exists; once per key per process."""
         if not plan.builds_venv:
             return EnvironmentReport(None, None, built=False)

@@ -133,7 +133,9 @@ class Outcomes:
         remember_logs(job, task, files)
         where = f"{self.scheduler.name} job {_scheduler_id(task)}"
         try:
-            outcomes = batch_outcomes(files[layout.result_file(task.index)], where=where, func=job.func)
+            outcomes = batch_outcomes(
+                files[layout.result_file(task.index)], where=where, func=job.func
+            )
         except Exception as exc:
             error = ClustrixError(
                 f"could not read the result of task {task.index} of job {job.job_id}: {exc}"
@@ -212,7 +214,8 @@ def memory_hint(job: ClusterJob, where: str) -> str:
     limit = f"its limit was {memory} MB; " if memory else ""
     return (
         f"(the call ran out of memory in {where}: {limit}the scheduler may enforce the "
-        'job\'s memory request as a hard limit; ask for more with memory=, e.g. @cluster(memory="8GB"))'
+        "job's memory request as a hard limit; ask for more with memory=, e.g. "
+        '@cluster(memory="8GB"))'
     )
 
 

@@ -6,7 +6,8 @@ import atexit
 import os
 import threading
 
-from .executor import KINDS, LocalExecutor, available_cores
+from .executor import LocalExecutor, available_cores
+from .kinds import KINDS
 from .worker import in_worker
 
 __all__ = ["KINDS", "LocalExecutor", "available_cores", "in_worker", "shared_executor"]

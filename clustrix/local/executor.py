@@ -35,6 +35,7 @@ from ..payload import (
 )
 from .deadline import WHERE, expire_after, submit_with_deadline
 from .gate import batch_data
+from .kinds import KINDS
 from .pools import WorkerPools
 from .worker import capture, in_local_worker, in_worker, run_inline
 
@@ -49,7 +50,6 @@ __all__ = [
 
 logger = logging.getLogger("clustrix.local")
 
-KINDS = ("auto", "processes", "threads", "inline")
 
 
 def available_cores() -> int:

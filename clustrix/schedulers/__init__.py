@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from .base import JobState, JobStatus, Scheduler, ScriptContext
-from .ssh import SshScheduler
 from .pbs import PbsScheduler
 from .sge import SgeScheduler
 from .slurm import SlurmScheduler
+from .ssh import SshScheduler
 
+# In the order messages list them (config.CLUSTER_TYPES is "local" and these names).
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    "pbs": PbsScheduler,
-    "sge": SgeScheduler,
     "slurm": SlurmScheduler,
+    "sge": SgeScheduler,
+    "pbs": PbsScheduler,
     "ssh": SshScheduler,
 }
 

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..cluster import layout
 from ..config import VARIABLE_NAME, text_problem
 from ..errors import ConfigError
-from ..cluster import layout
 from ..resources import Resources
 
 

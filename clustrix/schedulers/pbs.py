@@ -37,12 +37,12 @@ every command.
 
 from __future__ import annotations
 
-from ..cluster import layout
 import re
 import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
+from ..cluster import layout
 from ..errors import ConfigError, SchedulerUnavailableError
 from ..resources import Resources, format_clock
 from .base import JobState, JobStatus, Scheduler, ScriptContext, clock_seconds, plain_job_name

@@ -30,7 +30,6 @@ Why things are the way they are:
 
 from __future__ import annotations
 
-from ..cluster import layout
 import itertools
 import math
 import re
@@ -38,6 +37,7 @@ import shlex
 from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar
 
+from ..cluster import layout
 from ..errors import SchedulerUnavailableError
 from ..resources import Resources, format_clock
 from .base import JobState, JobStatus, Scheduler, ScriptContext, clock_seconds, plain_job_name

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..cluster import layout
 import re
 import shlex
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
+from ..cluster import layout
 from ..errors import SchedulerUnavailableError
 from ..resources import Resources, format_slurm_time
 from .base import JobState, JobStatus, Scheduler, ScriptContext, render_flag

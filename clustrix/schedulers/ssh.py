@@ -12,8 +12,8 @@ import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from ..errors import ConfigError
 from ..cluster import layout
+from ..errors import ConfigError
 from ..resources import Resources
 from .base import JobState, JobStatus, Scheduler, ScriptContext
 

@@ -13,8 +13,8 @@ import pytest
 
 import clustrix
 from clustrix import cluster
-from clustrix.errors import JobCancelledError, ResultsCollectedElsewhereError
 from clustrix.backend import backend_for
+from clustrix.errors import JobCancelledError, ResultsCollectedElsewhereError
 from clustrix.store import JobStore
 
 from .conftest import output_of, wait_for

@@ -20,8 +20,8 @@ import clustrix
 import clustrix.cluster.poller
 import clustrix.cluster.staging
 from clustrix import JobFailedError, cluster
-from clustrix.errors import ConnectionFailedError, JobCancelledError, JobTimeoutError
 from clustrix.backend import backend_for
+from clustrix.errors import ConnectionFailedError, JobCancelledError, JobTimeoutError
 
 from .conftest import output_of, wait_for
 

@@ -13,10 +13,10 @@ import pytest
 
 import clustrix
 from clustrix import ConfigError, Resources, cluster
+from clustrix.backend import backend_for
 from clustrix.config import FIELD_SPECS, FieldSpec
 from clustrix.environment import environment_key, with_runner_requirement
 from clustrix.errors import EnvironmentSetupError
-from clustrix.backend import backend_for
 
 if TYPE_CHECKING:
     from .conftest import TestCluster

@@ -8,8 +8,8 @@ import pytest
 
 import clustrix
 from clustrix import cluster
-from clustrix.errors import SchedulerUnavailableError
 from clustrix.backend import backend_for
+from clustrix.errors import SchedulerUnavailableError
 
 
 @cluster(time="00:05:00")

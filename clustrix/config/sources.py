@@ -1,0 +1,182 @@
+"""Where settings come from, and which wins: files, profiles, environment, configure().
+
+The effective configuration of a call is computed from layers, lowest first (see the package
+docstring); each layer is read and validated on its own, and a new frozen ``ClusterConfig``
+is built from them, so nothing is mutated behind the user's back.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .fields import (
+    DEFAULT_SOURCE,
+    FIELD_NAMES,
+    FIELD_SPECS,
+    RETIRED_SETTINGS,
+    ClusterConfig,
+    check_names,
+    closest_setting,
+    drop_retired,
+    parse_text_value,
+    validate_value,
+    warn_retired,
+)
+from .files import (
+    first_existing,
+    project_config_candidates,
+    read_config_file,
+    user_config_candidates,
+    write_config_file,
+)
+
+ENV_PREFIX = "CLUSTRIX_"
+PROFILE_ENV = "CLUSTRIX_PROFILE"
+# CLUSTRIX_* variables that are not settings, so they are not reported as typos.
+NON_FIELD_ENV = {PROFILE_ENV, "CLUSTRIX_REQUIRE_CLUSTER", "CLUSTRIX_IN_JOB"}
+NON_FIELD_ENV_PREFIXES = ("CLUSTRIX_TEST",)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of settings, named as ``clustrix config show`` reports it."""
+
+    source: str
+    values: Mapping[str, Any]
+
+
+def environment_layer(environ: Mapping[str, str] | None = None) -> Layer:
+    environ = os.environ if environ is None else environ
+    values = {}
+    for key, text in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in NON_FIELD_ENV:
+            continue
+        if key.startswith(NON_FIELD_ENV_PREFIXES):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in RETIRED_SETTINGS:
+            warn_retired(name, f"environment variable {key}", stacklevel=3)
+            continue
+        if name not in FIELD_SPECS:
+            hint = closest_setting(name)
+            advice = f"; did you mean {ENV_PREFIX}{hint.upper()}?" if hint else ""
+            warnings.warn(f"ignoring unknown environment variable {key}{advice}", stacklevel=3)
+            continue
+        try:
+            values[name] = parse_text_value(name, text)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"environment variable {key}: {exc}", field=name, value=text
+            ) from None
+    return Layer("environment", values)
+
+
+def file_layers(profile: str | None) -> list[Layer]:
+    """Layers from the user and project files, and the selected profile merged over both."""
+    layers: list[Layer] = []
+    profiles: dict[str, tuple[dict[str, Any], Path]] = {}
+    for candidates in (user_config_candidates(), project_config_candidates()):
+        path = first_existing(candidates)
+        if path is None:
+            continue
+        parsed = read_config_file(path)
+        layers.append(Layer(str(path), parsed.settings))
+        for name, values in parsed.profiles.items():
+            merged = {**profiles.get(name, ({}, path))[0], **values}
+            profiles[name] = (merged, path)
+    if profile is not None:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none are defined"
+            raise ConfigError(
+                f"profile '{profile}' is not defined in any config file (profiles: {known})",
+                field="profile",
+                value=profile,
+            )
+        values, path = profiles[profile]
+        layers.append(Layer(f"profile '{profile}' ({path})", values))
+    return layers
+
+
+class _Session:
+    """The process-wide configure() layer; replaced wholesale, never edited in place."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: dict[str, Any] = {}
+
+
+_session = _Session()
+
+
+def configure(**settings: Any) -> ClusterConfig:
+    """Set settings for this process (above files and environment, below decorator arguments).
+
+    Returns the resulting effective configuration. Values are validated at once.
+    """
+    settings = drop_retired(settings, "configure()")
+    check_names(settings, "configure()")
+    validated = {name: validate_value(name, value) for name, value in settings.items()}
+    with _session.lock:
+        _session.values = {**_session.values, **validated}
+    return get_config()
+
+
+def reset_config() -> None:
+    """Forget everything set by configure() and load_config() in this process."""
+    with _session.lock:
+        _session.values = {}
+
+
+def session_layer() -> Layer:
+    with _session.lock:
+        return Layer("configure()", dict(_session.values))
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """An effective configuration with the source of every value."""
+
+    config: ClusterConfig
+    sources: Mapping[str, str]
+
+
+def resolve_config(
+    profile: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> ResolvedConfig:
+    """Compute the effective configuration from every layer, lowest first."""
+    profile = profile or os.environ.get(PROFILE_ENV) or None
+    layers = [*file_layers(profile), environment_layer(), session_layer()]
+    if overrides:
+        check_names(overrides, "the decorator arguments")
+        layers.append(Layer("@cluster arguments", overrides))
+    merged: dict[str, Any] = {}
+    sources = {name: DEFAULT_SOURCE for name in FIELD_NAMES}
+    for layer in layers:
+        for name, value in layer.values.items():
+            merged[name] = value
+            sources[name] = layer.source
+    return ResolvedConfig(ClusterConfig(**merged), sources)
+
+
+def get_config(profile: str | None = None) -> ClusterConfig:
+    """The effective configuration now, for ``profile`` (or $CLUSTRIX_PROFILE) if given."""
+    return resolve_config(profile).config
+
+
+def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
+    """Read a config file and apply its settings for this process, like ``configure()``."""
+    parsed = read_config_file(path)
+    return configure(**parsed.settings)
+
+
+def save_config(path: str | os.PathLike[str], config: ClusterConfig | None = None) -> Path:
+    """Write ``config`` (default: the effective one) to YAML or JSON; the password is left out."""
+    config = config or get_config()
+    return write_config_file(path, config.to_dict())
