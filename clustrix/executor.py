@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures as cf
 from typing import Any
 
-from .backend import Backend, CallArgs, CallSpec, Submitted, backend_for, columns
+from .backend import Backend, backend_for
+from .calls import CallArgs, CallSpec, Submitted, columns
 from .config import ARGUMENT_SETTINGS, ARGUMENT_SPECS, ClusterConfig, check_argument, resolve_config
 from .futures import ClusterFuture, chain
 from .local import LocalExecutor, in_worker

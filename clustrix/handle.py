@@ -13,8 +13,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .backend import JobBackend, job_backend_for
-from .cluster import layout
 from .config import ClusterConfig, get_config
 from .errors import ClustrixError, JobNotFoundError
 from .progress import gather

@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .cluster import layout
+from . import layout
 
 ARCHIVE_NAME = layout.RUNTIME_ZIP
 _PACKAGE = Path(__file__).resolve().parent

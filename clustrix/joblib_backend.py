@@ -36,7 +36,8 @@ from joblib._parallel_backends import (
 )
 from joblib.parallel import BatchedCalls, register_parallel_backend
 
-from .backend import Submitted, backend_for
+from .backend import backend_for
+from .calls import Submitted
 from .config import ClusterConfig
 from .environment import classify_modules, modules_named_in_pickle, ship_by_value
 from .errors import ConfigError

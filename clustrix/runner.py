@@ -210,7 +210,7 @@ def main(argv: list[str]) -> int:
     job_dir = Path(argv[0])
     task = int(argv[1]) if len(argv) == 2 else 0
     metadata = json.loads((job_dir / "job.json").read_text())
-    # The client names the folder's files (clustrix.cluster.layout); these are the defaults.
+    # The client names the folder's files (clustrix.layout); these are the defaults.
     names = {**_DEFAULT_FILES, **metadata.get("files", {})}
     result_path = job_dir / names["result"].format(task=task)
     expected = metadata["versions"]

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import cloudpickle
 
-from .. import runner
+from .. import layout, runner
 from ..environment import python_version
-from . import layout
 
 
 def runner_source() -> bytes:

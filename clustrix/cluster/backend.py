@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..backend import CallArgs, CallSpec, Submitted
+from .. import layout
+from ..calls import CallArgs, CallSpec, Submitted
 from ..config import ClusterConfig
 from ..errors import BackendUnavailableError, JobFailedError, SchedulerUnavailableError
 from ..futures import ClusterFuture, mark_cancelled, settle
@@ -26,7 +27,6 @@ from ..schedulers import JobState, JobStatus, Scheduler, scheduler_for
 from ..store import JobRecord, JobStore
 from ..transport.base import Transport
 from ..transport.local import LocalTransport
-from . import layout
 from .archive import untar
 from .environments import Environments
 from .job import ClusterJob, Submission, Task

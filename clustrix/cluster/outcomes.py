@@ -14,6 +14,7 @@ from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import layout
 from ..errors import (
     ClustrixError,
     JobCancelledError,
@@ -28,7 +29,6 @@ from ..futures import ClusterFuture, add_note
 from ..payload import batch_outcomes
 from ..schedulers import JobState, JobStatus, Scheduler
 from ..store import FINAL_STATES
-from . import layout
 from .job import ClusterJob, Task
 
 #: A future and what to settle it with: (future, True, value) or (future, False, exception).

@@ -15,9 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from .. import layout
 from ..schedulers import JobStatus, Scheduler
 from ..transport.base import Transport
-from . import layout
 from .archive import untar
 from .job import ClusterJob, index_ranges
 

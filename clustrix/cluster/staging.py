@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ..backend import CallArgs, CallSpec
+from .. import layout
+from ..calls import CallArgs, CallSpec
 from ..config import ClusterConfig
 from ..environment import modules_named_in_pickle, plan_environment, prepare_local_modules
 from ..errors import ClustrixError, ConnectionFailedError
@@ -31,7 +32,6 @@ from ..schedulers import JobState, Scheduler, ScriptContext
 from ..schedulers.base import ArraySpec
 from ..store import JobRecord, JobStore, this_process
 from ..transport.base import Transport
-from . import layout
 from .archive import job_files, tar_bytes
 from .environments import Environments, python_command
 from .job import ClusterJob, Submission, Task, index_ranges, new_job_id

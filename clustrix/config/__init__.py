@@ -22,8 +22,7 @@ The modules, each with one responsibility: ``text`` (what text a setting may hol
 
 # ``text`` comes first, before ``fields`` imports the scheduler registry: the scheduler modules
 # import ``text_problem`` and ``VARIABLE_NAME`` from this package while it is being imported.
-from .text import VARIABLE_NAME, text_problem  # isort: skip
-
+from ..scripttext import VARIABLE_NAME, text_problem
 from .arguments import ARGUMENT_SETTINGS, ARGUMENT_SPECS, check_argument
 from .fields import (
     CLUSTER_TYPES,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..resources import check_number, invalid, parse_memory, parse_time
-from .text import TEXT_ALLOWED, VARIABLE_NAME, text_problem
+from ..scripttext import TEXT_ALLOWED, VARIABLE_NAME, text_problem
 
 if TYPE_CHECKING:
     from .fields import FieldSpec

@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..backend import CallArgs, CallSpec, Submitted, columns
-from ..config import ClusterConfig
+from ..calls import CallArgs, CallSpec, Submitted, columns
 from ..errors import NodeFailureError, WorkerCrashedError
 from ..futures import ClusterFuture
 from ..progress import gather
 from . import available_cores, shared_executor
 from .executor import LocalExecutor
+
+if TYPE_CHECKING:  # the pools import no settings: a job's shipped runtime has no PyYAML
+    from ..config import ClusterConfig
 
 logger = logging.getLogger("clustrix")
 

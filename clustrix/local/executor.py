@@ -51,7 +51,6 @@ __all__ = [
 logger = logging.getLogger("clustrix.local")
 
 
-
 def available_cores() -> int:
     """Cores this process may use (respects CPU affinity, as a scheduler's cgroup sets it)."""
     try:

@@ -17,10 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..cluster import layout
-from ..config import VARIABLE_NAME, text_problem
+from .. import layout
 from ..errors import ConfigError
 from ..resources import Resources
+from ..scripttext import VARIABLE_NAME, text_problem
 
 
 class JobState(enum.Enum):

@@ -42,7 +42,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from ..cluster import layout
+from .. import layout
 from ..errors import ConfigError, SchedulerUnavailableError
 from ..resources import Resources, format_clock
 from .base import JobState, JobStatus, Scheduler, ScriptContext, clock_seconds, plain_job_name

@@ -37,7 +37,7 @@ import shlex
 from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar
 
-from ..cluster import layout
+from .. import layout
 from ..errors import SchedulerUnavailableError
 from ..resources import Resources, format_clock
 from .base import JobState, JobStatus, Scheduler, ScriptContext, clock_seconds, plain_job_name

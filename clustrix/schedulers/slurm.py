@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
-from ..cluster import layout
+from .. import layout
 from ..errors import SchedulerUnavailableError
 from ..resources import Resources, format_slurm_time
 from .base import JobState, JobStatus, Scheduler, ScriptContext, render_flag

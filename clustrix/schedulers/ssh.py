@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from ..cluster import layout
+from .. import layout
 from ..errors import ConfigError
 from ..resources import Resources
 from .base import JobState, JobStatus, Scheduler, ScriptContext

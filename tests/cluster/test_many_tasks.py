@@ -12,7 +12,8 @@ import pytest
 
 import clustrix
 from clustrix import cluster
-from clustrix.backend import CallSpec, backend_for
+from clustrix.backend import backend_for
+from clustrix.calls import CallSpec
 
 from .conftest import output_of, wait_for
 

@@ -409,7 +409,7 @@ def test_a_slurm_call_through_a_chatty_login_shell(on_slurm, chatty_login):
     # Every command of a whole call (home, environment, staging, submission, status checks,
     # results) goes through a shell that prints "errors" before each of them.
     from clustrix import Resources
-    from clustrix.backend import CallSpec
+    from clustrix.calls import CallSpec
     from clustrix.cluster.backend import ClusterBackend
     from clustrix.schedulers import scheduler_for
 

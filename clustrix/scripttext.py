@@ -2,7 +2,8 @@
 
 Settings are written into job scripts (directive lines, ``export`` lines, shell commands), so
 their text is checked once here, with the rule each setting declares in its ``FieldSpec``.
-This module depends on nothing else in Clustrix: the scheduler modules use it too.
+This module depends on nothing else in Clustrix: the settings and the scheduler modules
+both use it.
 """
 
 from __future__ import annotations
