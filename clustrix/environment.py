@@ -249,14 +249,11 @@ def bootstrap_script(env_dir: str, requirements: tuple[str, ...], setup_lines: l
     failed build is removed, so the next call builds it again.
     """
     check_requirements(requirements)
-    quoted_env = shlex.quote(env_dir)
-    wanted = shlex.quote(python_version())
-    quoted_requirements = " ".join(shlex.quote(r) for r in requirements)
     return "\n".join(
         [
             "set -u",
             *setup_lines,
-            f"env_dir={quoted_env}",
+            f"env_dir={shlex.quote(env_dir)}",
             'log="$env_dir.log"',
             'mkdir -p -m 700 "$(dirname "$env_dir")"',
             'if [ -e "$env_dir/.clustrix-ready" ]; then echo REUSED; exit 0; fi',
@@ -265,35 +262,9 @@ def bootstrap_script(env_dir: str, requirements: tuple[str, ...], setup_lines: l
             '  echo "timed out waiting for $env_dir.lock" >&2; exit 98',
             "fi",
             'if [ -e "$env_dir/.clustrix-ready" ]; then echo REUSED; exit 0; fi',
-            "python=",
-            f"for candidate in python{python_version()} python3 python; do",
-            '  if command -v "$candidate" >/dev/null 2>&1 && [ "$("$candidate" -c '
-            '\'import sys; print("%d.%d" % sys.version_info[:2])\')" = ' + wanted + " ]; then",
-            '    python=$(command -v "$candidate"); break',
-            "  fi",
-            "done",
-            'if [ -z "$python" ]; then',
-            f'  echo "no Python {python_version()} found on PATH (the client runs '
-            f'{python_version()}); load one with module_loads or set python_executable" >&2',
-            "  exit 97",
-            "fi",
+            *_find_python_lines(),
             'rm -rf "$env_dir"',
-            # A subshell with set -e: the first step that fails ends the build.
-            "(",
-            "  set -e",
-            '  echo "building $env_dir with $python"',
-            f"  printf '%s\\n' {quoted_requirements} > \"$env_dir.requirements.txt\"",
-            "  if command -v uv >/dev/null 2>&1; then",
-            '    uv venv --python "$python" "$env_dir"',
-            '    uv pip install --python "$env_dir/bin/python" -r "$env_dir.requirements.txt"',
-            "  else",
-            '    "$python" -m venv "$env_dir"',
-            '    "$env_dir/bin/python" -m pip install --disable-pip-version-check -q'
-            ' -r "$env_dir.requirements.txt"',
-            "  fi",
-            f'  "$env_dir/bin/python" -c {shlex.quote(_RUNNER_CHECK)} '
-            f"{shlex.quote(cloudpickle.__version__)}",
-            ') > "$log" 2>&1',
+            *_build_lines(requirements),
             "status=$?",
             'if [ "$status" -ne 0 ]; then tail -n 40 "$log" >&2; rm -rf "$env_dir"; exit 96; fi',
             'if ! date -u +%FT%TZ > "$env_dir/.clustrix-ready"; then',
@@ -302,6 +273,47 @@ def bootstrap_script(env_dir: str, requirements: tuple[str, ...], setup_lines: l
             "echo BUILT",
         ]
     )
+
+
+def _find_python_lines() -> list[str]:
+    """Shell lines setting ``$python`` to an interpreter of the client's minor version."""
+    wanted = shlex.quote(python_version())
+    return [
+        "python=",
+        f"for candidate in python{python_version()} python3 python; do",
+        '  if command -v "$candidate" >/dev/null 2>&1 && [ "$("$candidate" -c '
+        '\'import sys; print("%d.%d" % sys.version_info[:2])\')" = ' + wanted + " ]; then",
+        '    python=$(command -v "$candidate"); break',
+        "  fi",
+        "done",
+        'if [ -z "$python" ]; then',
+        f'  echo "no Python {python_version()} found on PATH (the client runs '
+        f'{python_version()}); load one with module_loads or set python_executable" >&2',
+        "  exit 97",
+        "fi",
+    ]
+
+
+def _build_lines(requirements: tuple[str, ...]) -> list[str]:
+    """A subshell with ``set -e`` that builds the venv: the first step that fails ends it."""
+    quoted_requirements = " ".join(shlex.quote(r) for r in requirements)
+    return [
+        "(",
+        "  set -e",
+        '  echo "building $env_dir with $python"',
+        f"  printf '%s\\n' {quoted_requirements} > \"$env_dir.requirements.txt\"",
+        "  if command -v uv >/dev/null 2>&1; then",
+        '    uv venv --python "$python" "$env_dir"',
+        '    uv pip install --python "$env_dir/bin/python" -r "$env_dir.requirements.txt"',
+        "  else",
+        '    "$python" -m venv "$env_dir"',
+        '    "$env_dir/bin/python" -m pip install --disable-pip-version-check -q'
+        ' -r "$env_dir.requirements.txt"',
+        "  fi",
+        f'  "$env_dir/bin/python" -c {shlex.quote(_RUNNER_CHECK)} '
+        f"{shlex.quote(cloudpickle.__version__)}",
+        ') > "$log" 2>&1',
+    ]
 
 
 def plan_environment(

@@ -99,21 +99,14 @@ class Stager:
         self.scheduler.check_options(options)
         per_task = calls_per_task(len(calls), spec.chunksize, config)
         chunks = [list(calls[i : i + per_task]) for i in range(0, len(calls), per_task)]
-        with pickling_for_remote_job():
-            function_bytes = pickle_function(func)
-            payloads = [pickle_calls(func, chunk) for chunk in chunks]
-        # Read once from the pickles' opcodes, for the environment and the shipped runtime.
-        payload_modules = set().union(
-            *(modules_named_in_pickle(p) for p in [function_bytes, *payloads[:3]])
-        )
-        values = [value for args, kwargs in calls[:100] for value in (*args, *kwargs.values())]
+        function_bytes, payloads, payload_modules = _pickled(func, chunks)
         plan = plan_environment(
             func,
             spec.environment,
             python_executable=config.python_executable,
             conda_env_name=config.conda_env_name,
             payload_modules=payload_modules,
-            modules=prepare_local_modules(func, values),
+            modules=prepare_local_modules(func, _some_values(calls)),
         )
         report = self.environments.ensure(plan, work_dir, config)
         job_id = new_job_id()
@@ -136,20 +129,23 @@ class Stager:
             scripts={layout.script_file(n): text for n, text in enumerate(scripts)},
             extra=shipped_runtime(payload_modules),
         )
-        record = JobRecord(
-            job_id=job_id,
-            function=name,
+        return Prepared(job, self._record(job, len(calls), parts), files, parts)
+
+    def _record(self, job: ClusterJob, calls: int, parts: list[ScriptContext]) -> JobRecord:
+        """The job store's record of a job about to be submitted."""
+        return JobRecord(
+            job_id=job.job_id,
+            function=job.name,
             cluster_type=self.scheduler.name,
             host=self.transport.where,
-            remote_folder=folder,
+            remote_folder=job.folder,
             state="SUBMITTING",
-            items=len(calls),
-            task_sizes=[len(chunk) for chunk in chunks],
+            items=calls,
+            task_sizes=[len(task.futures) for task in job.tasks],
             connection=self.connection,
             parts=[part_fields(part) for part in parts],
             submitter=this_process(),
         )
-        return Prepared(job, record, files, parts)
 
     # ------------------------------------------------------------------ submitting
 
@@ -337,6 +333,23 @@ class Stager:
             finished=None if accepted else time.time(),
         )
         return True
+
+
+def _pickled(
+    func: Callable[..., Any], chunks: list[list[CallArgs]]
+) -> tuple[bytes, list[bytes], set[str]]:
+    """The pickled function, each task's pickled calls, and the modules the pickles name
+    (read once from their opcodes, for the environment and the shipped runtime)."""
+    with pickling_for_remote_job():
+        function_bytes = pickle_function(func)
+        payloads = [pickle_calls(func, chunk) for chunk in chunks]
+    named = set().union(*(modules_named_in_pickle(p) for p in [function_bytes, *payloads[:3]]))
+    return function_bytes, payloads, named
+
+
+def _some_values(calls: Sequence[CallArgs]) -> list[Any]:
+    """Argument values of the first calls, where the user's own modules may show up."""
+    return [value for args, kwargs in calls[:100] for value in (*args, *kwargs.values())]
 
 
 def _adoption_message(record: JobRecord, accepted: list[str], never: list[int]) -> str:
