@@ -87,6 +87,7 @@ class ClusterFunction:
         partition: str | None = None,
         queue: str | None = None,
         parallel: bool | str | None = None,
+        pure: Iterable[Callable[..., Any]] | None = None,
         environment: str | list[str] | None = None,
         gpus: int | None = None,
         retries: int = 0,
@@ -128,6 +129,14 @@ class ClusterFunction:
                 field="parallel",
                 value=parallel,
             )
+        if pure is not None and not isinstance(pure, (str, bytes)):
+            pure = tuple(pure) if isinstance(pure, Iterable) else pure
+        if pure is not None and (not isinstance(pure, tuple) or not all(map(callable, pure))):
+            raise ConfigError(
+                f"pure={pure!r} is not valid: expected a list of functions",
+                field="pure",
+                value=pure,
+            )
         _check_environment(environment)
         _check_optional_number("retries", retries, 0, integer=True)
         if isinstance(retry_on, type):
@@ -151,6 +160,7 @@ class ClusterFunction:
             if value is not None
         }
         self.parallel = parallel
+        self.pure = tuple(pure or ())
         self.environment = environment
         self.gpus = gpus or 0
         self.retries = retries
@@ -198,6 +208,7 @@ class ClusterFunction:
         arguments = {names[setting]: value for setting, value in self._overrides.items()}
         arguments.update(
             parallel=self.parallel,
+            pure=self.pure or None,
             environment=self.environment,
             gpus=self.gpus or None,
             retries=self.retries,
@@ -273,7 +284,10 @@ class ClusterFunction:
             from .loops import parallelize
 
             version = parallelize(
-                self.__wrapped__, workers=workers, threshold=config.local_parallel_threshold
+                self.__wrapped__,
+                workers=workers,
+                threshold=config.local_parallel_threshold,
+                pure=self.pure,
             )
             cache[key] = None if version is self.__wrapped__ else version
         return cache[key]
@@ -298,6 +312,7 @@ class ClusterFunction:
             version = parallelize(
                 self.__wrapped__,
                 runner_factory=lambda chunk, info: ArrayLoopRunner(chunk, submit_map),
+                pure=self.pure,
             )
             cache["array"] = None if version is self.__wrapped__ else version
         return cache["array"]
@@ -310,11 +325,20 @@ class ClusterFunction:
         """
         from .loops import explain
 
-        return explain(self.__wrapped__, args, kwargs)
+        return explain(self.__wrapped__, args, kwargs, pure=self.pure)
 
     # ------------------------------------------------------------------ calling
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.parallel is True and not in_worker():
+            config = self.effective_config()
+            if config.cluster_type == "local":
+                parallel_version = self._parallel_version(config)
+                if parallel_version is not None:
+                    # In the caller's thread, like the plain function: its per-thread state
+                    # (decimal context, signal handlers) holds, and a loop that stays
+                    # sequential is the original code running where it always would.
+                    return parallel_version(*args, **kwargs)
         future = self.submit(*args, **kwargs)
         try:
             return future.result()
