@@ -137,6 +137,20 @@ def _function_context(func: types.FunctionType, tree: ast.FunctionDef) -> dict[s
     }
 
 
+def _iterated_names(node: ast.expr) -> set[str]:
+    """Names in the iterable expression, except those only used to compute ``range`` bounds."""
+    names: set[str] = set()
+    stack = [node]
+    while stack:
+        sub = stack.pop()
+        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "range":
+            continue  # a range holds ints, not the objects its bounds were computed from
+        if isinstance(sub, ast.Name):
+            names.add(sub.id)
+        stack.extend(ast.iter_child_nodes(sub))
+    return names
+
+
 def _method_class(func: types.FunctionType, tree: ast.FunctionDef) -> tuple[str | None, Any]:
     """For a method defined in a module-level class: its instance parameter and the class."""
     parts = func.__qualname__.split(".")
@@ -294,7 +308,7 @@ def _analyse_for(
     for name in targets:
         if name in ctx["declared"]:
             raise Sequential(f"line {loop.lineno}: loop variable `{name}` is global/nonlocal")
-    iter_names = {n.id for n in ast.walk(loop.iter) if isinstance(n, ast.Name)}
+    iter_names = _iterated_names(loop.iter)
     scope = Scope(func, func.__globals__, set(ctx["outer"]), set(ctx["declared"]), pure)
     scope.self_name, scope.self_class = _method_class(func, tree)
     visitor = LoopBodyVisitor(scope, loop, _immutable_targets(loop, func, ctx["outer"]), iter_names)

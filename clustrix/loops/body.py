@@ -801,6 +801,10 @@ class LoopBodyVisitor(PurityVisitor):
 
     def visit_Name(self, node: ast.Name) -> None:
         name = node.id
+        if name in self.scope.declared and not self._in_scoped(name):
+            raise Sequential(
+                f"line {node.lineno}: `{name}` is declared global/nonlocal in the function"
+            )
         if (
             isinstance(node.ctx, ast.Load)
             and name in self.local
