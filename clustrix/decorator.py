@@ -41,6 +41,7 @@ class ClusterFunction:
 
     # The decorator's arguments, as checked by the executor.
     parallel = property(lambda self: self._executor.parallel)
+    pure = property(lambda self: self._executor.pure)
     environment = property(lambda self: self._executor.environment)
     retries = property(lambda self: self._executor.retries)
     retry_on = property(lambda self: self._executor.retry_on)
@@ -99,18 +100,12 @@ class ClusterFunction:
         """
         from .loops import explain
 
-        return explain(self.__wrapped__, args, kwargs)
+        return explain(self.__wrapped__, args, kwargs, pure=self.pure)
 
     # ------------------------------------------------------------------ calling
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        future = self.submit(*args, **kwargs)
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            if self.effective_config().cancel_on_interrupt:
-                future.cancel()
-            raise
+        return self._executor.call(self.__wrapped__, args, kwargs)
 
     def submit(self, *args: Any, **kwargs: Any) -> ClusterFuture:
         """Start a call and return its future at once (remote: once the job is accepted)."""

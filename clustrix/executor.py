@@ -61,6 +61,7 @@ class Executor(cf.Executor):
             **{k: v for k, v in settings.items() if k in RESOURCE_ARGUMENTS and v is not None}
         )
         self.parallel = checked["parallel"]
+        self.pure: tuple[Callable[..., Any], ...] = checked["pure"] or ()
         self.environment = checked["environment"]
         self.retries = checked["retries"] or 0
         self.retry_on: tuple[type[BaseException], ...] = checked["retry_on"] or ()
@@ -81,6 +82,7 @@ class Executor(cf.Executor):
         return {
             **{name: value for name, value in self._settings.items() if value is not None},
             "parallel": self.parallel,
+            "pure": self.pure or None,
             "environment": self.environment,
             "retries": self.retries,
             "retry_on": self.retry_on,
@@ -128,6 +130,28 @@ class Executor(cf.Executor):
         self._remember(future)
         return future
 
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run one call and return its value, as ``f(x)`` of a decorated function does.
+
+        With ``parallel=True`` on the local backend the body runs in the caller's thread,
+        like the plain function: its per-thread state (decimal context, signal handlers)
+        holds, and a loop that stays sequential is the original code running where it
+        always would. Ctrl-C cancels the call (with ``cancel_on_interrupt``).
+        """
+        if self.parallel is True and not in_worker():
+            config = self.effective_config()
+            if self.backend(config).is_local:
+                version = self._versions.parallel(fn, self.parallel, config, self.pure)
+                if version is not None:
+                    return version(*args, **kwargs)
+        future = self.submit_call(fn, args, kwargs)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            if self.effective_config().cancel_on_interrupt:
+                future.cancel()
+            raise
+
     def submit_call(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> ClusterFuture:
@@ -146,7 +170,7 @@ class Executor(cf.Executor):
             return future
         backend = self.backend(config)
         if backend.is_local:
-            parallel = self._versions.parallel(fn, self.parallel, config)
+            parallel = self._versions.parallel(fn, self.parallel, config, self.pure)
             if parallel is not None:
                 # The body runs in this process; its loops' iterations go to worker processes.
                 future = ClusterFuture(_name(fn), "local:loops")
@@ -172,7 +196,7 @@ class Executor(cf.Executor):
     ) -> Submitted:
         if not backend.is_local:
             # Safe loops spread over the job's cores; the job gets Clustrix's loop runner.
-            fn = self._versions.parallel(fn, self.parallel, config, in_job=True) or fn
+            fn = self._versions.parallel(fn, self.parallel, config, self.pure, in_job=True) or fn
         return backend.submit(fn, calls, self.spec(config, chunksize), config)
 
     def map_calls(
@@ -215,7 +239,7 @@ class Executor(cf.Executor):
                     future.cancel()
                 raise
         if not backend.is_local:
-            fn = self._versions.parallel(fn, self.parallel, config, in_job=True) or fn
+            fn = self._versions.parallel(fn, self.parallel, config, self.pure, in_job=True) or fn
         spec = self.spec(config, chunksize)
         return backend.map(
             fn, calls, spec, config, return_exceptions=return_exceptions, progress=shown
@@ -226,7 +250,7 @@ class Executor(cf.Executor):
             return None
         arguments = {**self.arguments(), "parallel": False}
         arguments.setdefault("job_name", f"clustrix-{_name(fn).split('.')[-1]}-loop")
-        return self._versions.array(fn, arguments, lambda options: type(self)(**options))
+        return self._versions.array(fn, arguments, self.pure, lambda options: type(self)(**options))
 
     def map(
         self,

@@ -43,14 +43,20 @@ class LoopVersions:
             return self._cache[key]
 
     def parallel(
-        self, func: Callable[..., Any], wanted: Any, config: ClusterConfig, *, in_job: bool = False
+        self,
+        func: Callable[..., Any],
+        wanted: Any,
+        config: ClusterConfig,
+        pure: tuple[Callable[..., Any], ...] = (),
+        *,
+        in_job: bool = False,
     ) -> Callable[..., Any] | None:
         """``func`` with its safe loops parallelised, if asked for and if it has any.
 
         ``wanted`` is the ``parallel`` argument (``auto_parallel`` when it is None). Locally
         the workers are the requested cores, or all local cores when only one was requested;
         in a cluster job (``in_job``) they are the cores the job requests, so one core means
-        the loops stay sequential there.
+        the loops stay sequential there. ``pure`` are functions declared pure by the user.
         """
         wanted = wanted if wanted is not None else config.auto_parallel
         if not wanted or wanted == "array":
@@ -67,12 +73,16 @@ class LoopVersions:
         def make() -> Callable[..., Any]:
             from .loops import parallelize
 
-            return parallelize(func, workers=workers, threshold=threshold)
+            return parallelize(func, workers=workers, threshold=threshold, pure=pure)
 
-        return self._remember((func, in_job, workers, threshold), make)
+        return self._remember((func, in_job, workers, threshold, pure), make)
 
     def array(
-        self, func: Callable[..., Any], arguments: dict[str, Any], make_executor: ExecutorFactory
+        self,
+        func: Callable[..., Any],
+        arguments: dict[str, Any],
+        pure: tuple[Callable[..., Any], ...],
+        make_executor: ExecutorFactory,
     ) -> Callable[..., Any] | None:
         """With ``parallel="array"``: ``func`` whose safe loops become job arrays.
 
@@ -88,10 +98,12 @@ class LoopVersions:
                 return ArrayCall.current().map(iteration, items, arguments, make_executor)
 
             return parallelize(
-                func, runner_factory=lambda chunk, info: ArrayLoopRunner(chunk, submit_map)
+                func,
+                runner_factory=lambda chunk, info: ArrayLoopRunner(chunk, submit_map),
+                pure=pure,
             )
 
-        return self._remember((func, "array"), make)
+        return self._remember((func, "array", pure), make)
 
 
 class ArrayCall:

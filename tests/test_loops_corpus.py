@@ -40,6 +40,7 @@ SAFE = [
     (c.lambda_sort, ([[3, 1, 2], [5, 4]],)),
     (c.try_inside, ([1, 0, 5, 0, 2],)),
     (c.bound_on_both_branches, (list(range(9)), False)),
+    (c.for_else, ([4, 5, 6],)),
 ]
 
 SEQUENTIAL = [
@@ -49,8 +50,7 @@ SEQUENTIAL = [
     (c.fibonacci, "`b` is read"),
     (c.uses_random, "random.random()"),
     (c.uses_np_random, "np.random.rand()"),
-    (c.prints, "`print()`"),
-    (c.writes_file, "`.write()`"),
+    (c.writes_file, "`fh.write()`"),
     (c.while_loop, "`while` loop"),
     (c.reads_accumulator, "`total`"),
     (c.global_stmt, "global"),
@@ -61,9 +61,8 @@ SEQUENTIAL = [
     (c.alias_mutation, "`row.append()`"),
     (c.attribute_store, "attribute assignment"),
     (c.Model.bad, "attribute assignment"),
-    (c.generator_fn, "yield"),
-    (c.for_else, "else"),
-    (c.bound_after_loop, "`limit` is read in the loop but may not be assigned"),
+    (c.generator_fn, "generator"),
+    (c.bound_after_loop, "`limit` is used in the loop but may not be assigned"),
 ]
 
 
@@ -165,3 +164,11 @@ def test_source_unavailable():
     exec("def f(n):\n    return [i for i in range(n)]\n", namespace)  # test-only
     assert "source unavailable" in explain(namespace["f"])
     assert parallelize(namespace["f"]) is namespace["f"]
+
+
+def test_prints_are_replayed_in_order(capsys):
+    c.prints(30)
+    expected = capsys.readouterr().out
+    assert detect_loops_in_function(c.prints)[0].parallelizable
+    _forced(c.prints)(30)
+    assert capsys.readouterr().out == expected

@@ -27,7 +27,7 @@ def slow_sweep(n, scale):
 
 def test_parallel_true_spreads_a_safe_loop_with_identical_results():
     plain_results, plain_total, _ = slow_sweep(16, 2.5)
-    results, total, pids = cluster(parallel=True, cores=2)(slow_sweep)(16, 2.5)
+    results, total, pids = cluster(parallel=True, cores=2, pure=[os.getpid])(slow_sweep)(16, 2.5)
     assert (results, total) == (plain_results, plain_total)
     assert len(pids) >= 2, "iterations ran in more than one process"
     assert os.getpid() not in pids or len(pids) > 1
@@ -41,7 +41,7 @@ def test_parallel_false_never_transforms():
 
 def test_auto_parallel_setting_is_the_default_for_parallel():
     clustrix.configure(auto_parallel=True)
-    _, _, pids = cluster(cores=2)(slow_sweep)(16, 1.0)
+    _, _, pids = cluster(cores=2, pure=[os.getpid])(slow_sweep)(16, 1.0)
     assert len(pids) >= 2
 
 
@@ -67,7 +67,7 @@ def test_parallel_array_runs_the_body_here_and_each_iteration_as_a_call():
             total += i * i
         return where, seen, total
 
-    where, seen, total = cluster(parallel="array", cores=1)(sweep)(8)
+    where, seen, total = cluster(parallel="array", cores=1, pure=[os.getpid])(sweep)(8)
     assert where == os.getpid(), "code around the loop ran in the caller"
     assert sorted(seen) == [0, 1, 2, 4, 5, 6, 7]
     assert os.getpid() not in seen.values(), "every iteration ran in a worker"
@@ -125,11 +125,11 @@ def sweep_that_may_crash(n, fatal):
 
 
 def test_a_worker_dying_in_a_loop_raises_worker_crashed_and_later_loops_still_spread():
-    crashing = cluster(parallel=True, cores=2)(sweep_that_may_crash)
+    crashing = cluster(parallel=True, cores=2, pure=[dies_at])(sweep_that_may_crash)
     with pytest.raises(WorkerCrashedError, match="worker process died while running chunk"):
         crashing(20, fatal=9)
     # The broken pool was replaced: the next loop runs in parallel again, in fresh workers.
-    _, _, pids = cluster(parallel=True, cores=2)(slow_sweep)(16, 1.0)
+    _, _, pids = cluster(parallel=True, cores=2, pure=[os.getpid])(slow_sweep)(16, 1.0)
     assert len(pids) >= 2
 
 
@@ -151,7 +151,9 @@ def sweep_with_marks(n, folder):
 
 def test_a_failing_first_iteration_stops_the_iterations_launched_next_to_it(tmp_path):
     with pytest.raises(ValueError, match="the first iteration failed"):
-        cluster(parallel=True, cores=2)(sweep_with_marks)(60, tmp_path)
+        cluster(parallel=True, cores=2, pure=[first_fails_others_leave_a_mark])(sweep_with_marks)(
+            60, tmp_path
+        )
     time.sleep(2.0)  # what was not cancelled has run by now (59 x 0.05 s on 2 workers)
     ran = len(list(tmp_path.iterdir()))
     assert 0 < ran < 30, f"{ran} of 59 later iterations ran after the first one failed"

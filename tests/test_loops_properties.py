@@ -106,18 +106,19 @@ def _unsafe_choices(c: int) -> list[tuple[Stmt, bool, str]]:
         ([f"if t > {c}:", "    break"], False, "`break` ends the loop early"),
         (["return t"], False, "`return` inside the loop"),
         ([f"if t > {c}:", "    return t"], False, "`return` inside the loop"),
-        (["prev = t + prev"], False, "`prev` is read"),
+        # `prev = t + prev` alone is a reduction (replayed in order); a carried read is not
+        (["t = prev + t", "prev = t"], False, "`prev` is read"),
         (["G = t"], True, "global/nonlocal `G`"),
-        (["print(t)"], False, "`print()` has side effects"),
+        (["print(t, file=sink)"], False, "`print(file=...)` writes to a file"),
         (["random.random()"], False, "`random.random()`"),
         (["r = np.random.rand()"], False, "`np.random.rand()`"),
         (
             ["fh = open(LOG, 'a')", "fh.write(f'{t}\\n')", "fh.close()"],
             False,
-            "`open()` has side effects",
+            "`open()` is not known to be pure",
         ),
-        # the outer `.write()` call is checked before its `open()` receiver
-        (["open(LOG, 'a').write(str(t))"], False, "`.write()` has side effects"),
+        # the receiver `open(...)` is checked before the method called on it
+        (["open(LOG, 'a').write(str(t))"], False, "`open()` is not known to be pure"),
         (["out.sort()"], False, "`out.sort()` may mutate outer object `out`"),
         (["t = acc + 1", "acc += t"], False, "`acc` is updated as a reduction but also read"),
     ]

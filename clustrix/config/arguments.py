@@ -45,6 +45,11 @@ ARGUMENT_SPECS: dict[str, FieldSpec] = {
         expected="'auto', a requirements file path, or a list of requirement strings",
     ),
     "retries": FieldSpec("int", "Times a failed call is run again.", minimum=0),
+    "pure": FieldSpec(
+        "functions",
+        "Functions a parallelised loop may call that the analysis should take as pure.",
+        expected="a list of functions",
+    ),
     "retry_on": FieldSpec(
         "exceptions",
         "The exceptions that make a call run again; an exception class or a tuple of them.",

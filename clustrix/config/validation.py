@@ -150,6 +150,13 @@ def _check_exceptions(name: str, value: Any, spec: FieldSpec) -> tuple[type[Base
     raise invalid(name, value, _expected(spec, "exception classes"))
 
 
+def _check_functions(name: str, value: Any, spec: FieldSpec) -> tuple[Callable[..., Any], ...]:
+    """A collection of functions (not a string); always returned as a tuple."""
+    if isinstance(value, (list, tuple, set, frozenset)) and all(map(callable, value)):
+        return tuple(value)
+    raise invalid(name, value, _expected(spec, "a list of functions"))
+
+
 _CHECKS: dict[str, Callable[[str, Any, Any], Any]] = {
     "choice": _check_choice,
     "optional_str": _check_optional_str,
@@ -163,6 +170,7 @@ _CHECKS: dict[str, Callable[[str, Any, Any], Any]] = {
     "dict": _check_dict,
     "requirements": _check_requirements,
     "exceptions": _check_exceptions,
+    "functions": _check_functions,
 }
 
 

@@ -1,14 +1,17 @@
 """Automatic, correctness-first parallelisation of ``for`` loops in decorated functions.
 
 ``parallelize(func)`` returns a function with the same signature whose outermost provably
-independent loops spread their iterations over worker processes when the measured cost model
-says it pays; ``explain(func)`` says which loops qualify and why the others do not.
+independent loops may spread their iterations over worker processes, when the measured cost
+model says it pays; ``explain(func)`` says which loops qualify and why the others do not.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import inspect
+import threading
+import types
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .analysis import (
@@ -18,6 +21,7 @@ from .analysis import (
     detect_loops_in_function,
     estimate_work_size,
     find_parallelizable_loops,
+    outermost,
 )
 from .execute import LoopRunner
 from .transform import TransformError, transform_function
@@ -34,9 +38,12 @@ __all__ = [
 ]
 
 ASSUMPTION = (
-    "assumption: functions and methods called in a loop body that are not known to be "
-    "impure are treated as pure (no mutation of arguments or global state)"
+    "assumption: operators, indexing and attribute reads in a loop body behave as those of "
+    "numbers, strings, containers and numpy arrays (they change nothing)"
 )
+
+_CACHE: weakref.WeakKeyDictionary[Callable[..., Any], dict[Any, Any]] = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
 
 
 def parallelize(
@@ -45,38 +52,69 @@ def parallelize(
     workers: int | None = None,
     threshold: float = 0.1,
     runner_factory: Callable[[Callable[..., Any], LoopInfo], Any] | None = None,
+    pure: Iterable[Callable[..., Any]] = (),
 ) -> Callable[..., Any]:
     """``func`` rewritten so its safe loops may run in parallel; ``func`` itself if none can.
 
     By default each loop gets a :class:`LoopRunner` over ``workers`` local processes;
-    ``runner_factory(chunk, info)`` supplies another runner (a job array, say).
+    ``runner_factory(chunk, info)`` supplies another runner (a job array, say). ``pure`` names
+    functions the body may call that the analysis should take as pure. A bound method is
+    rewritten once for its class and bound to the instance.
     """
-    if runner_factory is None:
+    if inspect.ismethod(func):
+        new = parallelize(
+            func.__func__,
+            workers=workers,
+            threshold=threshold,
+            runner_factory=runner_factory,
+            pure=pure,
+        )
+        return func if new is func.__func__ else types.MethodType(new, func.__self__)
+    pure = tuple(pure)
+    key = (workers, threshold, runner_factory, tuple(id(p) for p in pure))
+    try:
+        with _CACHE_LOCK:
+            cached = _CACHE.setdefault(func, {}).get(key)
+    except TypeError:  # not weak-referenceable
+        cached = None
+    if cached is not None:
+        return cached
+    factory = runner_factory
+    if factory is None:
 
-        def runner_factory(chunk: Callable[..., Any], info: LoopInfo) -> Any:
-            return LoopRunner(chunk, workers, threshold)
+        def factory(chunk: Callable[..., Any], info: LoopInfo) -> Any:
+            return LoopRunner(chunk, workers, threshold, info=info)
 
     try:
-        chosen = find_parallelizable_loops(func)
-        if not chosen:
-            return func
-        new = transform_function(func, chosen, runner_factory)
+        chosen = find_parallelizable_loops(func, pure=pure)
+        new = transform_function(func, chosen, factory) if chosen else func
     except (SourceUnavailable, TransformError, SyntaxError):
-        return func
-    new.__clustrix_loops__ = chosen  # type: ignore[attr-defined]
-    return functools.wraps(func)(new) if new is not func else func
+        new = func
+    if new is not func:
+        new.__clx_loops__ = chosen  # type: ignore[attr-defined]
+    try:
+        with _CACHE_LOCK:
+            _CACHE.setdefault(func, {})[key] = new
+    except TypeError:
+        pass
+    return new
 
 
-def explain(func: Callable[..., Any], args: tuple | None = None, kwargs: dict | None = None) -> str:
+def explain(
+    func: Callable[..., Any],
+    args: tuple | None = None,
+    kwargs: dict | None = None,
+    pure: Iterable[Callable[..., Any]] = (),
+) -> str:
     """A readable report of every loop: line, nesting, verdict, reason, effects, iterations."""
     name = getattr(func, "__qualname__", repr(func))
     try:
-        infos = detect_loops_in_function(func, tuple(args or ()), kwargs)
+        infos = detect_loops_in_function(func, tuple(args or ()), kwargs, pure=tuple(pure))
     except SourceUnavailable as exc:
         return f"{name}: {exc}"
     if not infos:
         return f"{name}: no loops"
-    chosen = {id(i) for i in find_parallelizable_loops_from(infos)}
+    chosen = {id(i) for i in outermost(infos)}
     lines = [f"{name}:"]
     for info in infos:
         verdict = (
@@ -108,12 +146,4 @@ def explain(func: Callable[..., Any], args: tuple | None = None, kwargs: dict | 
 
 def find_parallelizable_loops_from(infos: list[LoopInfo]) -> list[LoopInfo]:
     """The outermost safe loops among already analysed ``infos``."""
-    import ast
-
-    chosen: list[LoopInfo] = []
-    for info in infos:
-        if info.parallelizable and not any(
-            c.node is not None and any(n is info.node for n in ast.walk(c.node)) for c in chosen
-        ):
-            chosen.append(info)
-    return chosen
+    return outermost(infos)

@@ -12,9 +12,32 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from .execute import Plan, _replay
+from .execute import Plan, Source
 
 __all__ = ["ArrayLoopRunner"]
+
+
+class _ArrayPlan(Plan):
+    """Replays the array's iterations in order; stops at the first failing one."""
+
+    def __init__(self, items: list[Any], events: list[list], failure: BaseException | None):
+        super().__init__(())
+        self.items, self.events, self.failure = items, events, failure
+        self.position = 0
+
+    def __next__(self) -> tuple[int, Any]:
+        if self.position < len(self.events):
+            self.last = self.items[self.position]
+            self.rebind = True
+            self.position += 1
+            return 1, self.events[self.position - 1]
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            if isinstance(failure, StopIteration):  # would end the loop: raise it in order
+                self.rest = self.items[self.position :]
+                raise StopIteration
+            raise failure
+        raise StopIteration
 
 
 class ArrayLoopRunner:
@@ -33,25 +56,37 @@ class ArrayLoopRunner:
         self.submit_map = submit_map
         self.last_decision = ""
 
-    def __call__(self, iterable: Iterable[Any], ro: tuple) -> Plan:
-        items = list(iterable)
+    def combine(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Source:
+        return Source(fn, args, kwargs)
+
+    def __call__(self, source: Iterable[Any], ro: tuple = (), targets: tuple = ()) -> Plan:
+        obj = source.build() if isinstance(source, Source) else source
+        leaves = source.leaves() if isinstance(source, Source) else [obj]
+        from .execute import _vouched
+
+        if not _vouched(leaves):
+            self.last_decision = "sequential (the iterable is not a list, tuple, range, ...)"
+            return Plan(obj)
+        items = list(obj)
         if len(items) < 2:
             self.last_decision = "sequential (fewer than 2 iterations)"
-            return Plan((), items)
+            return Plan(items)
         chunk = self.chunk
 
         def iteration(item: Any) -> list:
-            events, exc = chunk([item], ro)
-            if exc is not None:
-                raise exc
-            return events
+            from .execute import check_immutable, check_method
+
+            out: list[list] = []
+            chunk([item], ro, check_method, check_immutable, out)
+            return out[0]
 
         outcomes = self.submit_map(iteration, items)
-        events: list = []
+        events: list[list] = []
+        failure: BaseException | None = None
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
-                self.last_decision = f"job array ({len(items)} iterations)"
-                return Plan(_replay(events, outcome), None)
-            events.extend(outcome)
+                failure = outcome
+                break
+            events.append(outcome)
         self.last_decision = f"job array ({len(items)} iterations)"
-        return Plan(events, None)
+        return _ArrayPlan(items, events, failure)

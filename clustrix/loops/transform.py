@@ -1,12 +1,27 @@
-"""Rewrite a function so that its chosen loops hand their iterations to a runner.
+"""Rewrite a function so that its chosen loops may hand their iterations to a runner.
 
 Why an AST rewrite and not a wrapper: the loop lives in the middle of the function, and the code
-before and after it must run unchanged in the caller. The function's own parsed source is
-compiled again with the loop replaced by (1) a call to the runner, which returns the events of the
-iterations, and (2) a replay of the reduction/collector statements in iteration order, so every
-effect on outer state happens in the caller exactly as in a sequential run. Only code objects are
-taken from the compiled module; nothing is executed at transformation time and no string coming
-from data is ever compiled.
+before and after it must run unchanged in the caller. Each chosen loop becomes::
+
+    plan = runner(<iterable>, (<values the body reads>,), (<objects the effects write>,))
+    try:
+        for kind, x in plan:             # empty when the runner decides to stay sequential
+            if kind:                     # the values one iteration computed in a worker:
+                <replay its effect statements in order>
+            else:                        # an iteration the caller runs itself:
+                <target> = x
+                <the original body>
+        if plan.rebind:
+            <target> = plan.last         # the loop variable keeps the last item, as in order
+        for <target> in plan.rest:       # the original loop over what is left (or all of it)
+            <the original body>
+    finally:
+        plan.close()                     # nothing launched outlives the loop
+
+The worker side is a separate *chunk* function: the body with each effect statement replaced by
+recording the values it needs, and with the calls whose receiver type is only known at run time
+routed through a check. Only code objects are taken from the compiled module; nothing is
+executed at transformation time and no string coming from data is ever compiled.
 """
 
 from __future__ import annotations
@@ -15,18 +30,22 @@ import ast
 import copy
 import functools
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .analysis import Effect, LoopInfo, parse_function
+from .analysis import LoopInfo
+from .body import replay_statement
 
 __all__ = ["TransformError", "transform_function"]
 
-_EVENTS = "__clx_events"
-_EMIT = "__clx_emit"
 _VAL = "__clx_val"
 _SID = "__clx_sid"
-_PLAN = "__clx_plan"
+_FN = "__clx_fn"
+
+
+# what the analysis found for each chunk function, for runners built without it
+CHUNK_INFO: weakref.WeakKeyDictionary[Callable[..., Any], LoopInfo] = weakref.WeakKeyDictionary()
 
 
 class TransformError(Exception):
@@ -37,149 +56,172 @@ def _name(id_: str, store: bool = False) -> ast.Name:
     return ast.Name(id=id_, ctx=ast.Store() if store else ast.Load())
 
 
-def _emit(sid: int, value: ast.expr) -> ast.stmt:
-    call = ast.Call(
-        func=_name(_EMIT), args=[ast.Tuple([ast.Constant(sid), value], ast.Load())], keywords=[]
-    )
-    return ast.Expr(call)
+def _attr(obj: str, attr: str) -> ast.Attribute:
+    return ast.Attribute(_name(obj), attr, ast.Load())
 
 
-def _pair(key: ast.expr, value: ast.expr) -> ast.expr:
-    return ast.Tuple([key, value], ast.Load())
+def _call(func: ast.expr, *args: ast.expr) -> ast.Call:
+    return ast.Call(func=func, args=list(args), keywords=[])
 
 
-def _val_item(index: int) -> ast.expr:
-    return ast.Subscript(_name(_VAL), ast.Constant(index), ast.Load())
+def _emit_value(value: ast.expr) -> ast.expr:
+    if isinstance(value, ast.GeneratorExp):  # generators do not pickle: send the items
+        return ast.List([ast.Starred(value, ast.Load())], ast.Load())
+    return value
 
 
-def _chunk_and_replay(effect: Effect, sid: int) -> tuple[ast.stmt, ast.stmt]:
-    """The statement emitting the effect's value in the chunk, and its replay in the caller."""
-    stmt = copy.deepcopy(effect.node)
-    if isinstance(stmt, ast.AugAssign):
-        target = stmt.target
-        if isinstance(target, ast.Subscript):  # counts[k] += e
-            emit = _emit(sid, _pair(target.slice, stmt.value))
-            replay_target = ast.Subscript(target.value, _val_item(0), ast.Store())
-            return emit, ast.AugAssign(replay_target, stmt.op, _val_item(1))
-        return _emit(sid, stmt.value), ast.AugAssign(target, stmt.op, _name(_VAL))
-    if isinstance(stmt, ast.Assign):
-        target, value = stmt.targets[0], stmt.value
-        if isinstance(target, ast.Subscript):  # out[k] = e
-            emit = _emit(sid, _pair(target.slice, value))
-            replay_target = ast.Subscript(target.value, _val_item(0), ast.Store())
-            return emit, ast.Assign([replay_target], _val_item(1))
-        if isinstance(value, ast.BinOp):  # acc = acc op e
-            emit = _emit(sid, value.right)
-            value.right = _name(_VAL)
-            return emit, ast.Assign([target], value)
-        assert isinstance(value, ast.Call)  # acc = max(acc, e)
-        emit = _emit(sid, value.args[1])
-        value.args[1] = _name(_VAL)
-        return emit, ast.Assign([target], value)
-    assert isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
-    call = stmt.value
-    arg = call.args[0]
-    if isinstance(call.func, ast.Attribute) and call.func.attr == "extend":
-        arg = ast.List([ast.Starred(arg, ast.Load())], ast.Load())  # generators do not pickle
-    emit = _emit(sid, arg)
-    call.args[0] = _name(_VAL)
-    return emit, stmt
+class _ChunkRewriter(ast.NodeTransformer):
+    """The body as a worker runs it: effects recorded, run-time-typed calls checked."""
 
-
-class _EffectReplacer(ast.NodeTransformer):
-    def __init__(self, emits: dict[int, ast.stmt]) -> None:
-        self.emits = emits
+    def __init__(self, effects: dict[int, tuple[int, list[ast.expr]]], guarded: set[int]):
+        self.effects = effects
+        self.guarded = guarded
 
     def visit(self, node: ast.AST) -> Any:
-        if id(node) in self.emits:
-            return self.emits[id(node)]
+        if id(node) in self.effects:
+            sid, values = self.effects[id(node)]
+            items = ast.Tuple([_emit_value(self.visit(v)) for v in values], ast.Load())
+            record = _call(_name("__clx_emit"), ast.Tuple([ast.Constant(sid), items], ast.Load()))
+            return ast.copy_location(ast.Expr(record), node)
+        if id(node) in self.guarded and isinstance(node, ast.AugAssign):
+            assert isinstance(node.target, ast.Name)
+            check = ast.Expr(_call(_name("__clx_i"), _name(node.target.id)))
+            self.generic_visit(node)
+            return [ast.copy_location(check, node), node]
+        if id(node) in self.guarded and isinstance(node, ast.Call):
+            assert isinstance(node.func, ast.Attribute)
+            receiver = self.visit(node.func.value)
+            node.func = _call(_name("__clx_m"), receiver, ast.Constant(node.func.attr))
+            node.args = [self.visit(a) for a in node.args]
+            node.keywords = [self.visit(k) for k in node.keywords]
+            return node
         return super().visit(node)
 
 
-def _dispatch(replays: list[ast.stmt]) -> list[ast.stmt]:
-    chain: list[ast.stmt] = []
+def _dispatch(replays: list[ast.stmt], plan: str) -> list[ast.stmt]:
+    output = ast.Expr(_call(_attr(plan, "output"), _name(_SID), _name(_VAL)))
+    chain: list[ast.stmt] = [output]
     for sid in reversed(range(len(replays))):
         test = ast.Compare(_name(_SID), [ast.Eq()], [ast.Constant(sid)])
         chain = [ast.If(test, [replays[sid]], chain)]
-    return chain or [ast.Pass()]
+    return chain
 
 
-def _build(loop: ast.For, info: LoopInfo, index: int) -> tuple[list[ast.stmt], ast.FunctionDef]:
-    emits: dict[int, ast.stmt] = {}
-    replays: list[ast.stmt] = []
-    for sid, effect in enumerate(info.effects):
-        emit, replay = _chunk_and_replay(effect, sid)
-        emits[id(effect.node)] = emit
-        replays.append(replay)
-    memo: dict[int, Any] = {}
-    body_copy = copy.deepcopy(loop.body, memo)
-    emits = {id(memo[key]): stmt for key, stmt in emits.items()}
-    chunk_body = [_EffectReplacer(emits).visit(stmt) for stmt in body_copy]
+def _source_expr(spec: Any, runner: str) -> ast.expr:
+    if isinstance(spec, tuple) and spec[0] == "combine":
+        _, name, args, keywords = spec
+        parts = [_source_expr(a, runner) for a in args]
+        return ast.Call(_attr(runner, "combine"), [_name(name), *parts], keywords)
+    return spec
+
+
+def _build(
+    loop: ast.For, info: LoopInfo, index: int, memo: dict[int, Any]
+) -> tuple[list[ast.stmt], ast.FunctionDef]:
+    runner, plan = f"__clx_loop{index}", f"__clx_plan{index}"
+    kind, item = f"__clx_k{index}", f"__clx_x{index}"
+    # the chunk: a copy of the body with effects recorded and checks added
+    effects = {id(memo[id(e.node)]): (sid, e) for sid, e in enumerate(info.effects)}
+    chunk_memo: dict[int, Any] = {}
+    body_copy = copy.deepcopy(loop.body, chunk_memo)
+    chunk_effects = {
+        id(chunk_memo[key]): (sid, [chunk_memo[id(memo[id(v)])] for v in e.values])
+        for key, (sid, e) in effects.items()
+    }
+    guarded = {id(chunk_memo[id(memo[g])]) for g in info.guarded if id(memo[g]) in chunk_memo}
+    rewriter = _ChunkRewriter(chunk_effects, guarded)
+    chunk_body: list[ast.stmt] = []
+    for stmt in body_copy:
+        new = rewriter.visit(stmt)
+        chunk_body.extend(new if isinstance(new, list) else [new])
     ro = info.read_only
     chunk_src: list[ast.stmt] = []
     if ro:
         chunk_src.append(
             ast.Assign([ast.Tuple([_name(n, True) for n in ro], ast.Store())], _name("__clx_ro"))
         )
-    chunk_src += [
-        ast.Assign([_name(_EVENTS, True)], ast.List([], ast.Load())),
-        ast.Assign([_name(_EMIT, True)], ast.Attribute(_name(_EVENTS), "append", ast.Load())),
-        ast.Try(
-            body=[ast.For(copy.deepcopy(loop.target), _name("__clx_items"), chunk_body, [])],
-            handlers=[
-                ast.ExceptHandler(
-                    _name("Exception"),
-                    "__clx_exc",
-                    [ast.Return(ast.Tuple([_name(_EVENTS), _name("__clx_exc")], ast.Load()))],
-                )
-            ],
-            orelse=[],
-            finalbody=[],
-        ),
-        ast.Return(ast.Tuple([_name(_EVENTS), ast.Constant(None)], ast.Load())),
+    iteration = [
+        ast.Assign([_name("__clx_ev", True)], ast.List([], ast.Load())),
+        ast.Expr(_call(_attr("__clx_out", "append"), _name("__clx_ev"))),
+        ast.Assign([_name("__clx_emit", True)], _attr("__clx_ev", "append")),
+        *chunk_body,
     ]
+    chunk_src.append(ast.For(copy.deepcopy(loop.target), _name("__clx_items"), iteration, []))
+    params = ["__clx_items", "__clx_ro", "__clx_m", "__clx_i", "__clx_out"]
     args = ast.arguments(
         posonlyargs=[],
-        args=[ast.arg("__clx_items"), ast.arg("__clx_ro")],
+        args=[ast.arg(n) for n in params],
         kwonlyargs=[],
         kw_defaults=[],
         defaults=[],
     )
     chunk = ast.FunctionDef(f"__clx_chunk{index}", args, chunk_src, [], None)
     for node in ast.walk(chunk):
-        if hasattr(node, "lineno") and not getattr(node, "lineno", None):
+        if "lineno" in getattr(node, "_attributes", ()) and not hasattr(node, "lineno"):
             ast.copy_location(node, loop)
-    runner = f"__clx_loop{index}"
-    plan_call = ast.Call(
-        _name(runner), [loop.iter, ast.Tuple([_name(n) for n in ro], ast.Load())], []
+    # the caller side
+    replays: list[ast.stmt] = []
+    for effect in info.effects:
+        fresh = copy.copy(effect)
+        fresh.node = memo[id(effect.node)]
+        fresh.values = [memo[id(v)] for v in effect.values]
+        replays.append(replay_statement(fresh, _VAL))
+    spec = _remap_spec(info.spec, memo)
+    plan_call = _call(
+        _name(runner),
+        _source_expr(spec, runner),
+        ast.Tuple([_name(n) for n in ro], ast.Load()),
+        ast.Tuple([_name(n) for n in sorted({e.name for e in info.effects})], ast.Load()),
     )
-    events_loop = ast.For(
+    run_here = [
+        ast.Assign([copy.deepcopy(loop.target)], _name(item)),
+        *copy.deepcopy(loop.body),
+    ]
+    replay_loop = ast.For(
         ast.Tuple([_name(_SID, True), _name(_VAL, True)], ast.Store()),
-        ast.Attribute(_name(_PLAN), "head", ast.Load()),
-        _dispatch(replays),
+        _name(item),
+        _dispatch(replays, plan),
         [],
     )
-    tail_loop = copy.deepcopy(events_loop)
-    tail_loop.iter = ast.Call(ast.Attribute(_name(_PLAN), "events", ast.Load()), [], [])
-    sequential = ast.For(
-        loop.target, ast.Attribute(_name(_PLAN), "rest", ast.Load()), loop.body, []
+    plan_loop = ast.For(
+        ast.Tuple([_name(kind, True), _name(item, True)], ast.Store()),
+        _name(plan),
+        [ast.If(_name(kind), [replay_loop], run_here)],
+        [],
     )
-    new = [
-        ast.Assign([_name(_PLAN, True)], plan_call),
-        events_loop,
-        ast.If(
-            ast.Compare(
-                ast.Attribute(_name(_PLAN), "rest", ast.Load()), [ast.IsNot()], [ast.Constant(None)]
-            ),
-            [sequential],
-            [tail_loop],
+    rebind = ast.If(
+        _attr(plan, "rebind"),
+        [ast.Assign([copy.deepcopy(loop.target)], _attr(plan, "last"))],
+        [],
+    )
+    rest = ast.For(loop.target, _attr(plan, "rest"), loop.body, [])
+    new: list[ast.stmt] = [
+        ast.Assign([_name(plan, True)], plan_call),
+        ast.Try(
+            body=[plan_loop, rebind, rest],
+            handlers=[],
+            orelse=[],
+            finalbody=[ast.Expr(_call(_attr(plan, "close")))],
         ),
+        *loop.orelse,
     ]
     for stmt in new:
         for node in ast.walk(stmt):
             if "lineno" in getattr(node, "_attributes", ()) and not hasattr(node, "lineno"):
                 ast.copy_location(node, loop)
     return new, chunk
+
+
+def _remap_spec(spec: Any, memo: dict[int, Any]) -> Any:
+    if isinstance(spec, tuple):
+        _, name, args, keywords = spec
+        return (
+            "combine",
+            name,
+            [_remap_spec(a, memo) for a in args],
+            [memo.get(id(k), k) for k in keywords],
+        )
+    return memo.get(id(spec), spec)
 
 
 class _LoopReplacer(ast.NodeTransformer):
@@ -216,35 +258,32 @@ def transform_function(
 ) -> Callable[..., Any]:
     """A function like ``func`` whose loops ``infos`` are run by ``runner_factory(chunk, info)``.
 
-    ``infos`` must come from ``detect_loops_in_function(func)`` (the loop nodes are matched by
-    line). Raises :class:`TransformError` or ``SourceUnavailable`` when it cannot be rebuilt.
+    ``infos`` must come from ``detect_loops_in_function(func)``. Raises :class:`TransformError`
+    when it cannot be rebuilt.
     """
     original = func
     func = getattr(func, "__wrapped__", func)
     if not isinstance(func, types.FunctionType):
         raise TransformError("not a Python function")
-    tree, _ = parse_function(func)
+    infos = [i for i in infos if i.parallelizable and i.tree is not None and i.node is not None]
+    if not infos:
+        return original
+    tree = infos[0].tree
+    assert tree is not None
+    if any(i.tree is not tree for i in infos):
+        raise TransformError("loops of different analyses")
     _check_mangling(func, tree)
-    by_line = {(i.line, i.iterable): i for i in infos}
+    memo: dict[int, Any] = {}
+    new_tree = copy.deepcopy(tree, memo)
     replacements: dict[int, list[ast.stmt]] = {}
     chunks: list[ast.FunctionDef] = []
-    chosen: list[LoopInfo] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.For) and (node.lineno, ast.unparse(node.iter)) in by_line:
-            info = by_line[(node.lineno, ast.unparse(node.iter))]
-            # re-point the effects at this tree's nodes (same source, same order)
-            fresh = {(n.lineno, n.col_offset): n for n in ast.walk(node) if isinstance(n, ast.stmt)}
-            info = copy.copy(info)
-            info.effects = [copy.copy(e) for e in info.effects]
-            for effect in info.effects:
-                effect.node = fresh[(effect.node.lineno, effect.node.col_offset)]
-            new, chunk = _build(node, info, len(chunks))
-            replacements[id(node)] = new
-            chunks.append(chunk)
-            chosen.append(info)
-    if not chunks:
-        return original
-    tree = _LoopReplacer(replacements).visit(tree)
+    for index, info in enumerate(infos):
+        loop = memo[id(info.node)]
+        new, chunk = _build(loop, info, index, memo)
+        replacements[id(loop)] = new
+        chunks.append(chunk)
+    new_tree = _LoopReplacer(replacements).visit(new_tree)
+    new_tree.name = _FN  # not the function's own name: that stays a global, as in the original
     freevars = list(func.__code__.co_freevars)
     runners = [f"__clx_loop{i}" for i in range(len(chunks))]
     factory_args = ast.arguments(
@@ -255,16 +294,20 @@ def transform_function(
         defaults=[],
     )
     factory = ast.FunctionDef(
-        "__clx_factory", factory_args, [tree, ast.Return(_name(tree.name))], [], None
+        "__clx_factory", factory_args, [new_tree, ast.Return(_name(_FN))], [], None
     )
     module = ast.Module(body=[factory, *chunks], type_ignores=[])
     ast.fix_missing_locations(module)
     code = compile(module, func.__code__.co_filename, "exec")
-    new_code = _find_code(_find_code(code, "__clx_factory"), tree.name)
+    new_code = _find_code(_find_code(code, "__clx_factory"), _FN)
+    new_code = new_code.replace(co_name=func.__code__.co_name)
+    if hasattr(new_code, "co_qualname"):
+        new_code = new_code.replace(co_qualname=func.__code__.co_qualname)
     cells = dict(zip(func.__code__.co_freevars, func.__closure__ or (), strict=True))
     for i, chunk in enumerate(chunks):
         chunk_fn = types.FunctionType(_find_code(code, chunk.name), func.__globals__, chunk.name)
-        cells[runners[i]] = types.CellType(runner_factory(chunk_fn, chosen[i]))
+        CHUNK_INFO[chunk_fn] = infos[i]
+        cells[runners[i]] = types.CellType(runner_factory(chunk_fn, infos[i]))
     closure = tuple(cells[name] for name in new_code.co_freevars)
     new = types.FunctionType(new_code, func.__globals__, func.__name__, func.__defaults__, closure)
     new.__kwdefaults__ = func.__kwdefaults__
