@@ -3,7 +3,7 @@
 Everything above this module (the ``@cluster`` decorator, ``clustrix.Executor``, the joblib
 backend, job handles, the CLI) says *what* to run, as a function, its calls and a
 ``CallSpec``; a backend decides nothing about that, it only runs it: the local process pool
-(``clustrix.local``) or a cluster's scheduler over a transport (``clustrix.cluster``).
+(``clustrix.local``) or a cluster's scheduler over a transport (``clustrix.remote``).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def backend_for(config: ClusterConfig) -> Backend:
         from .local.backend import LocalBackend
 
         return LocalBackend()
-    from .cluster.backend import cluster_backend
+    from .remote.backend import cluster_backend
 
     return cluster_backend(config)
 

@@ -1134,7 +1134,11 @@ def _effect_shape(stmt: ast.stmt, resolve: Any) -> Effect | None:
                 op = f"{_OPS.get(type(stmt.op), '?')}="
             elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
                 op = value.func.id
-            elif isinstance(value, ast.BinOp):
+            elif (
+                isinstance(value, ast.BinOp)
+                and isinstance(value.left, ast.Name)
+                and value.left.id == name
+            ):
                 op = f"= {name} {_OPS.get(type(value.op), '?')} e"
             else:
                 op = "= ..."

@@ -34,7 +34,7 @@ from clustrix import errors, handle
 from clustrix.config import FIELD_SPECS, ClusterConfig, FieldSpec
 from clustrix.decorator import ClusterFunction
 from clustrix.environment import environment_key, with_runner_requirement
-from clustrix.cluster.staging import calls_per_task, resources_per_task, script_context
+from clustrix.remote.staging import calls_per_task, resources_per_task, script_context
 from clustrix.schedulers import SCHEDULERS
 from clustrix.schedulers.base import ArraySpec
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import clustrix
-import clustrix.cluster.poller
-import clustrix.cluster.staging
+import clustrix.remote.poller
+import clustrix.remote.staging
 from clustrix import JobFailedError, cluster
 from clustrix.backend import backend_for
 from clustrix.errors import ConnectionFailedError, JobCancelledError, JobTimeoutError
@@ -441,7 +441,7 @@ def test_a_connection_that_hangs_while_a_call_waits_is_replaced(on_slurm, monkey
     # A laptop that slept or a VPN that vanished: the TCP connection stays open but nothing
     # answers, here in the middle of a status check. The check gives up and the next one
     # connects afresh.
-    monkeypatch.setattr(clustrix.cluster.poller, "POLL_TIMEOUT", 6.0)
+    monkeypatch.setattr(clustrix.remote.poller, "POLL_TIMEOUT", 6.0)
     backend = backend_for(clustrix.get_config())
     marker = f"{on_slurm.transport().home()}/clustrix-status-check-{os.getpid()}"
     status_command = type(backend.scheduler).status_command
@@ -519,7 +519,7 @@ def test_a_dropped_submission_that_cannot_be_confirmed_leaves_nothing_running(
 ):
     # Two arrays: the first is accepted, the second never answers. The accepted one must not
     # run untracked.
-    monkeypatch.setattr(clustrix.cluster.staging, "SUBMISSION_GRACE", 2.0)
+    monkeypatch.setattr(clustrix.remote.staging, "SUBMISSION_GRACE", 2.0)
     clustrix.configure(max_array_size=2, cleanup_on_success=False)
     dropper, marker = _drop_during_submission(
         on_slurm,
@@ -544,7 +544,7 @@ def test_a_dropped_submission_that_cannot_be_confirmed_leaves_nothing_running(
 def test_a_dropped_submission_that_cannot_reconnect_says_the_outcome_is_unknown(
     on_slurm, monkeypatch
 ):
-    monkeypatch.setattr(clustrix.cluster.staging, "SUBMISSION_GRACE", 2.0)
+    monkeypatch.setattr(clustrix.remote.staging, "SUBMISSION_GRACE", 2.0)
 
     def unreachable(transport) -> None:
         def refuse():

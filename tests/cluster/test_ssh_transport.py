@@ -410,7 +410,7 @@ def test_a_slurm_call_through_a_chatty_login_shell(on_slurm, chatty_login):
     # results) goes through a shell that prints "errors" before each of them.
     from clustrix import Resources
     from clustrix.calls import CallSpec
-    from clustrix.cluster.backend import ClusterBackend
+    from clustrix.remote.backend import ClusterBackend
     from clustrix.schedulers import scheduler_for
 
     config = clustrix.get_config()
