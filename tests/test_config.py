@@ -7,7 +7,15 @@ import pytest
 import yaml
 
 import clustrix
-from clustrix import ClusterConfig, ConfigError, configure, get_config, load_config, save_config
+from clustrix import (
+    ClusterConfig,
+    ConfigError,
+    configure,
+    get_config,
+    load_config,
+    reset_config,
+    save_config,
+)
 from clustrix.config import FIELD_SPECS, parse_text_value, resolve_config
 
 
@@ -512,3 +520,24 @@ def test_the_config_package_imports_alone_in_a_fresh_interpreter():
 
     for module in ("clustrix.config", "clustrix.schedulers", "clustrix.resources"):
         subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+
+
+def test_a_resolved_configuration_is_reused_only_while_its_sources_stay(tmp_path, monkeypatch):
+    from clustrix.config import resolve_config
+
+    first = resolve_config()
+    assert resolve_config() is first  # nothing changed: the same answer, not recomputed
+    project = Path.cwd() / "clustrix.yaml"
+    project.write_text("default_cores: 3\n")
+    assert resolve_config().config.default_cores == 3
+    project.write_text("default_cores: 5\n")  # same size, new content
+    assert resolve_config().config.default_cores == 5
+    monkeypatch.setenv("CLUSTRIX_DEFAULT_CORES", "6")
+    assert resolve_config().config.default_cores == 6
+    configure(default_cores=7)
+    assert resolve_config().config.default_cores == 7
+    assert resolve_config(overrides={"default_cores": 8}).config.default_cores == 8
+    monkeypatch.chdir(tmp_path)  # another project folder, without a file
+    monkeypatch.delenv("CLUSTRIX_DEFAULT_CORES")
+    reset_config()
+    assert resolve_config().config.default_cores == 1

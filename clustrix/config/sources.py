@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import ConfigError
@@ -30,6 +31,7 @@ from .fields import (
     warn_retired,
 )
 from .files import (
+    CONFIG_SUFFIXES,
     first_existing,
     project_config_candidates,
     read_config_file,
@@ -105,11 +107,16 @@ def file_layers(profile: str | None) -> list[Layer]:
 
 
 class _Session:
-    """The process-wide configure() layer; replaced wholesale, never edited in place."""
+    """The process-wide configure() layer; replaced wholesale, never edited in place.
+
+    ``generation`` counts the changes, so that a resolved configuration can be reused
+    until the next one.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.values: dict[str, Any] = {}
+        self.generation = 0
 
 
 _session = _Session()
@@ -125,6 +132,7 @@ def configure(**settings: Any) -> ClusterConfig:
     validated = {name: validate_value(name, value) for name, value in settings.items()}
     with _session.lock:
         _session.values = {**_session.values, **validated}
+        _session.generation += 1
     return get_config()
 
 
@@ -132,6 +140,7 @@ def reset_config() -> None:
     """Forget everything set by configure() and load_config() in this process."""
     with _session.lock:
         _session.values = {}
+        _session.generation += 1
 
 
 def session_layer() -> Layer:
@@ -150,8 +159,50 @@ class ResolvedConfig:
 def resolve_config(
     profile: str | None = None, overrides: Mapping[str, Any] | None = None
 ) -> ResolvedConfig:
-    """Compute the effective configuration from every layer, lowest first."""
+    """Compute the effective configuration from every layer, lowest first.
+
+    Every decorated call asks for it, so a result is reused for as long as nothing it was
+    made from has changed: the config files (their size and modification time), the
+    ``CLUSTRIX_*`` variables, ``configure()``, the working folder and the arguments.
+    """
     profile = profile or os.environ.get(PROFILE_ENV) or None
+    key = _inputs_key(profile, overrides)
+    resolved = _resolved.get(key) if key is not None else None
+    if resolved is None:
+        resolved = _resolve(profile, overrides)
+        if key is not None:
+            if len(_resolved) >= 64:
+                _resolved.clear()
+            _resolved[key] = resolved
+    return resolved
+
+
+_resolved: dict[tuple[Any, ...], ResolvedConfig] = {}
+
+
+def _inputs_key(profile: str | None, overrides: Mapping[str, Any] | None) -> tuple | None:
+    """What a resolution depends on, or None when the arguments cannot be a key."""
+    home, cwd = os.path.expanduser("~"), os.getcwd()
+    files = []
+    for folder, stem in ((os.path.join(home, ".clustrix"), "config"), (cwd, "clustrix")):
+        for suffix in CONFIG_SUFFIXES:
+            try:
+                found = os.stat(os.path.join(folder, stem + suffix))
+            except OSError:
+                files.append(None)
+            else:
+                files.append((found.st_ino, found.st_size, found.st_mtime_ns))
+    environment = tuple(sorted(i for i in os.environ.items() if i[0].startswith(ENV_PREFIX)))
+    key = (profile, _session.generation, environment, tuple(files), home, cwd)
+    try:
+        arguments = tuple(sorted((overrides or {}).items()))
+        hash(arguments)
+    except TypeError:
+        return None
+    return (*key, arguments)
+
+
+def _resolve(profile: str | None, overrides: Mapping[str, Any] | None) -> ResolvedConfig:
     layers = [*file_layers(profile), environment_layer(), session_layer()]
     if overrides:
         check_names(overrides, "the decorator arguments")
@@ -162,7 +213,7 @@ def resolve_config(
         for name, value in layer.values.items():
             merged[name] = value
             sources[name] = layer.source
-    return ResolvedConfig(ClusterConfig(**merged), sources)
+    return ResolvedConfig(ClusterConfig(**merged), MappingProxyType(sources))
 
 
 def get_config(profile: str | None = None) -> ClusterConfig:
