@@ -24,18 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .body import (
-    FRAME_NAMES,
-    Effect,
-    LoopBodyVisitor,
-    Scope,
-    Sequential,
-    SourceUnavailable,
-    parse_source,
-    stored_names,
-    target_names,
-)
+from .body import LoopBodyVisitor
 from .bounds import SafeRangeEvaluator, estimate_iterations, int_bindings, int_env
+from .effects import Effect
+from .scope import Scope, Sequential
+from .syntax import SourceUnavailable, parse_source, stored_names, target_names
+from .vetted import FRAME_NAMES
 
 __all__ = [
     "Effect",

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .analysis import LoopInfo
-from .body import replay_statement
+from .effects import replay_statement
 
 __all__ = ["TransformError", "transform_function"]
 
