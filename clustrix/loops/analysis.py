@@ -10,32 +10,35 @@ replays the original statements in iteration order, so the final state is bit-id
 sequential run. What can only be known when the function runs (that an effect's target does not
 alias what the loop reads, the types behind method calls) is checked then (see ``execute``).
 
-The pieces: :mod:`.purity` (the effect tables), :mod:`.bounds` (the bounds evaluator) and
-:mod:`.body` (the ``ast.NodeVisitor`` that walks bodies). Nothing here runs user code.
+The pieces: :mod:`.purity` (the effect tables), :mod:`.bounds` (the bounds evaluator),
+:mod:`.context` (what is read of the function around a loop) and :mod:`.body` (the
+``ast.NodeVisitor`` that walks bodies). Nothing here runs user code.
 """
 
 from __future__ import annotations
 
 import ast
-import builtins
 import inspect
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .body import (
-    FRAME_NAMES,
-    Effect,
-    LoopBodyVisitor,
-    Scope,
-    Sequential,
-    SourceUnavailable,
-    parse_source,
-    stored_names,
-    target_names,
-)
+from .body import LoopBodyVisitor
 from .bounds import SafeRangeEvaluator, estimate_iterations, int_bindings, int_env
+from .context import (
+    LoopCollector,
+    bound_before,
+    function_context,
+    immutable_targets,
+    iter_spec,
+    iterated_names,
+    method_class,
+    uses_outside,
+)
+from .effects import Effect
+from .scope import Scope, Sequential
+from .syntax import SourceUnavailable, parse_source, target_names
 
 __all__ = [
     "Effect",
@@ -48,8 +51,6 @@ __all__ = [
     "find_parallelizable_loops",
     "parse_function",
 ]
-
-COMBINATORS = {"enumerate": enumerate, "zip": zip, "reversed": reversed}
 
 
 @dataclass
@@ -90,215 +91,37 @@ def parse_function(func: Callable[..., Any]) -> tuple[ast.FunctionDef, int]:
     return node, inspect.unwrap(func).__code__.co_firstlineno
 
 
-# --------------------------------------------------------------------------- function context
-
-
-class _LoopCollector(ast.NodeVisitor):
-    def __init__(self) -> None:
-        self.loops: list[tuple[ast.For | ast.While, int]] = []
-        self.level = 0
-
-    def _loop(self, node: ast.For | ast.While) -> None:
-        self.loops.append((node, self.level))
-        self.level += 1
-        self.generic_visit(node)
-        self.level -= 1
-
-    visit_For = _loop
-    visit_While = _loop
-
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
-        return  # loops of nested functions are not this function's loops
-
-    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
-    visit_ClassDef = visit_FunctionDef  # type: ignore[assignment]
-    visit_Lambda = visit_FunctionDef  # type: ignore[assignment]
-
-
-def _function_context(func: types.FunctionType, tree: ast.FunctionDef) -> dict[str, Any]:
-    declared: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Global, ast.Nonlocal)):
-            declared.update(node.names)
-    params = {a.arg for a in ast.walk(tree.args) if isinstance(a, ast.arg)}
-    outer = (stored_names(tree.body) | params | set(func.__code__.co_freevars)) - declared
-    frame = sorted(
-        {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in FRAME_NAMES}
-    )
-    generator = any(
-        isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in _own_nodes(tree.body)
-    )
-    return {
-        "declared": declared,
-        "outer": outer,
-        "freevars": tuple(func.__code__.co_freevars),
-        "frame": frame,
-        "generator": generator,
-    }
-
-
-def _iterated_names(node: ast.expr) -> set[str]:
-    """Names in the iterable expression, except those only used to compute ``range`` bounds."""
-    names: set[str] = set()
-    stack = [node]
-    while stack:
-        sub = stack.pop()
-        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "range":
-            continue  # a range holds ints, not the objects its bounds were computed from
-        if isinstance(sub, ast.Name):
-            names.add(sub.id)
-        stack.extend(ast.iter_child_nodes(sub))
-    return names
-
-
-def _method_class(func: types.FunctionType, tree: ast.FunctionDef) -> tuple[str | None, Any]:
-    """For a method defined in a module-level class: its instance parameter and the class."""
-    parts = func.__qualname__.split(".")
-    if len(parts) != 2 or not tree.args.args:
-        return None, None
-    cls = func.__globals__.get(parts[0])
-    if not isinstance(cls, type) or inspect.getattr_static(cls, parts[1], None) is not func:
-        return None, None
-    return tree.args.args[0].arg, cls
-
-
-def _own_nodes(stmts: list[ast.stmt]) -> Iterable[ast.AST]:
-    """Nodes of the function itself, not of functions or classes defined in it."""
-    stack: list[ast.AST] = list(stmts)
-    while stack:
-        node = stack.pop()
-        yield node
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            continue
-        stack.extend(ast.iter_child_nodes(node))
-
-
-def _uses_outside(tree: ast.FunctionDef, loop: ast.For) -> set[str]:
-    """Names read or deleted outside ``loop``'s body (anywhere else in the function)."""
-    inside = {id(n) for stmt in loop.body for n in ast.walk(stmt)}
-    return {
-        n.id
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Name)
-        and isinstance(n.ctx, (ast.Load, ast.Del))
-        and id(n) not in inside
-    }
-
-
-def _iter_spec(node: ast.expr, func: types.FunctionType, outer: set[str]) -> Any:
-    """How the iterable is rebuilt at run time: the expression, or a combinator of parts."""
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id in COMBINATORS
-        and node.func.id not in outer
-        and node.func.id not in func.__globals__
-        and getattr(builtins, node.func.id) is COMBINATORS[node.func.id]
-        and node.args
-        and not any(isinstance(a, ast.Starred) for a in node.args)
-        and all(k.arg is not None for k in node.keywords)
-    ):
-        name = node.func.id
-        iterables = range(len(node.args)) if name == "zip" else range(1)
-        args = [
-            _iter_spec(a, func, outer) if i in iterables else a for i, a in enumerate(node.args)
-        ]
-        return ("combine", name, args, node.keywords)
-    return node
-
-
-def _is_builtin_call(node: ast.expr, name: str, func: types.FunctionType, outer: set[str]) -> bool:
-    return (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id == name
-        and name not in outer
-        and name not in func.__globals__
-    )
-
-
-def _immutable_targets(loop: ast.For, func: types.FunctionType, outer: set[str]) -> set[str]:
-    """Loop variables certainly bound to ints: those of ``range`` and ``enumerate``'s counter."""
-    if _is_builtin_call(loop.iter, "range", func, outer):
-        return set(target_names(loop.target) or ())
-    if (
-        _is_builtin_call(loop.iter, "enumerate", func, outer)
-        and isinstance(loop.target, ast.Tuple)
-        and len(loop.target.elts) == 2
-        and isinstance(loop.target.elts[0], ast.Name)
-    ):
-        return {loop.target.elts[0].id}
-    return set()
-
-
-def _stored_names(target: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
-
-
-def _definitely_assigned(stmt: ast.stmt) -> set[str]:
-    """Names bound by ``stmt`` on every path through it that does not raise."""
-    if isinstance(stmt, ast.Assign):
-        return set().union(*(_stored_names(t) for t in stmt.targets))
-    if isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
-        return _stored_names(stmt.target)
-    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-        return {(a.asname or a.name).partition(".")[0] for a in stmt.names}
-    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return {stmt.name}
-    if isinstance(stmt, ast.With):
-        targets = [i.optional_vars for i in stmt.items if i.optional_vars is not None]
-        bound = set().union(*(_stored_names(t) for t in targets))
-        return bound.union(*(_definitely_assigned(s) for s in stmt.body))
-    if isinstance(stmt, ast.If):
-        body = set().union(*(_definitely_assigned(s) for s in stmt.body))
-        other = set().union(*(_definitely_assigned(s) for s in stmt.orelse))
-        return body & other
-    return set()  # loops may not run, handlers may not run: nothing is certain
-
-
-def _bound_before(tree: ast.FunctionDef, loop: ast.AST) -> set[str]:
-    """Locals certainly bound when ``loop`` starts (parameters, earlier straight-line code).
-
-    A read-only value is evaluated once before the iterations are spread; a name bound only
-    later (or only on some paths) would fail there although a sequential run might never
-    read it, so such loops stay sequential.
-    """
-    bound = {a.arg for a in ast.walk(tree.args) if isinstance(a, ast.arg)}
-
-    def contains(stmt: ast.AST) -> bool:
-        return any(node is loop for node in ast.walk(stmt))
-
-    def descend(stmts: list[ast.stmt]) -> None:
-        for stmt in stmts:
-            if stmt is loop:
-                return
-            if not contains(stmt):
-                bound.update(_definitely_assigned(stmt))
-                continue
-            if isinstance(stmt, (ast.For, ast.AsyncFor)) and contains(ast.Module(stmt.body, [])):
-                bound.update(_stored_names(stmt.target))
-            if isinstance(stmt, ast.With):
-                for item in stmt.items:
-                    if item.optional_vars is not None:
-                        bound.update(_stored_names(item.optional_vars))
-            blocks = [getattr(stmt, f, None) for f in ("body", "orelse", "finalbody")]
-            blocks += [h.body for h in getattr(stmt, "handlers", [])]
-            for block in blocks:
-                if isinstance(block, list) and any(contains(s) for s in block):
-                    descend(block)
-                    return
-            return
-
-    descend(tree.body)
-    return bound
-
-
 # --------------------------------------------------------------------------- one loop
 
 
 def _analyse_for(
     loop: ast.For, tree: ast.FunctionDef, func: types.FunctionType, ctx: dict[str, Any], pure: dict
 ) -> dict[str, Any]:
+    """What makes ``loop`` parallel (its effects, private and read-only names...) or Sequential."""
+    targets = _loop_targets(loop, ctx)
+    iter_names = iterated_names(loop.iter)
+    scope = Scope(func, func.__globals__, set(ctx["outer"]), set(ctx["declared"]), pure)
+    scope.self_name, scope.self_class = method_class(func, tree)
+    visitor = LoopBodyVisitor(scope, loop, immutable_targets(loop, func, ctx["outer"]), iter_names)
+    visitor.body(loop.body)
+    effect_names = _effects_not_read(visitor)
+    # a name written by the loop and read in the iterable is refused by the visitor: such a
+    # name is either private (assigned in the body) or an effect target excluded there
+    for name in iter_names & set(visitor.local):
+        if name not in targets:
+            raise Sequential(
+                f"line {loop.lineno}: `{name}` is assigned in the body and read by the iterable"
+            )
+    private = sorted(set(visitor.local) - ctx["declared"])
+    _check_private_unused_after(tree, loop, targets, private)
+    outer_reads = (visitor.reads - set(private)) & ctx["outer"]
+    read_only = sorted(outer_reads - set(effect_names))
+    _check_bound_at_start(tree, loop, ctx, read_only + sorted(effect_names))
+    return _findings(visitor, scope, private, read_only)
+
+
+def _loop_targets(loop: ast.For, ctx: dict[str, Any]) -> tuple[str, ...]:
+    """The loop variables: plain names, none of them global or nonlocal."""
     targets = target_names(loop.target)
     if targets is None:
         raise Sequential(
@@ -308,11 +131,11 @@ def _analyse_for(
     for name in targets:
         if name in ctx["declared"]:
             raise Sequential(f"line {loop.lineno}: loop variable `{name}` is global/nonlocal")
-    iter_names = _iterated_names(loop.iter)
-    scope = Scope(func, func.__globals__, set(ctx["outer"]), set(ctx["declared"]), pure)
-    scope.self_name, scope.self_class = _method_class(func, tree)
-    visitor = LoopBodyVisitor(scope, loop, _immutable_targets(loop, func, ctx["outer"]), iter_names)
-    visitor.body(loop.body)
+    return targets
+
+
+def _effects_not_read(visitor: LoopBodyVisitor) -> dict[str, Effect]:
+    """The first effect on each target name; refused if the body also reads the name."""
     effect_names: dict[str, Effect] = {}
     for effect in visitor.effects:
         effect_names.setdefault(effect.name, effect)
@@ -322,30 +145,39 @@ def _analyse_for(
                 f"line {effect.line}: `{name}` is updated as a {effect.kind} but "
                 "also read elsewhere in the body"
             )
-    # a name written by the loop and read in the iterable is refused by the visitor: such a
-    # name is either private (assigned in the body) or an effect target excluded there
-    for name in iter_names & set(visitor.local):
-        if name not in targets:
-            raise Sequential(
-                f"line {loop.lineno}: `{name}` is assigned in the body and read by the iterable"
-            )
-    private = sorted(set(visitor.local) - ctx["declared"])
-    after = _uses_outside(tree, loop)
+    return effect_names
+
+
+def _check_private_unused_after(
+    tree: ast.FunctionDef, loop: ast.For, targets: tuple[str, ...], private: list[str]
+) -> None:
+    """A name assigned in the body must not be read after the loop (but the loop variables)."""
+    after = uses_outside(tree, loop)
     for name in private:
         if name in after and name not in targets:
             raise Sequential(
                 f"`{name}` (assigned in the loop at line {loop.lineno}) is used "
                 "outside the loop: its value would be the last iteration's"
             )
-    outer_reads = (visitor.reads - set(private)) & ctx["outer"]
-    read_only = sorted(outer_reads - set(effect_names))
-    bound = _bound_before(tree, loop) | set(ctx["freevars"])
-    for name in read_only + sorted(effect_names):
+
+
+def _check_bound_at_start(
+    tree: ast.FunctionDef, loop: ast.For, ctx: dict[str, Any], names: list[str]
+) -> None:
+    """Every outer name the loop uses must be bound when it starts."""
+    bound = bound_before(tree, loop) | set(ctx["freevars"])
+    for name in names:
         if name not in bound:
             raise Sequential(
                 f"line {loop.lineno}: `{name}` is used in the loop but may not be assigned "
                 "when the loop starts"
             )
+
+
+def _findings(
+    visitor: LoopBodyVisitor, scope: Scope, private: list[str], read_only: list[str]
+) -> dict[str, Any]:
+    """What the analysis of a parallelizable loop found, for its :class:`LoopInfo`."""
     snapshots = [(fn, tuple(sorted(names))) for fn, names in scope.snapshots.values() if names]
     return {
         "effects": visitor.effects,
@@ -361,6 +193,9 @@ def _analyse_for(
     }
 
 
+# --------------------------------------------------------------------------- every loop
+
+
 def detect_loops_in_function(
     func: Callable[..., Any],
     args: tuple = (),
@@ -373,81 +208,113 @@ def detect_loops_in_function(
         unwrapped = unwrapped.__func__
     tree = parse_source(unwrapped)
     assert isinstance(unwrapped, types.FunctionType)
-    ctx = _function_context(unwrapped, tree)
+    ctx = function_context(unwrapped, tree)
     bound = int_bindings(unwrapped, tuple(args), kwargs)
-    declared_pure = {id(p): p for p in pure}
-    for p in pure:
-        inner = getattr(p, "__wrapped__", None)
-        if inner is not None:
-            declared_pure[id(inner)] = inner
-    collector = _LoopCollector()
+    declared_pure = _declared_pure(pure)
+    collector = LoopCollector()
     for stmt in tree.body:
         collector.visit(stmt)
     infos: list[LoopInfo] = []
     for loop, level in collector.loops:
         if isinstance(loop, ast.While):
-            infos.append(
-                LoopInfo(
-                    loop.lineno,
-                    "while",
-                    level,
-                    (),
-                    ast.unparse(loop.test),
-                    None,
-                    None,
-                    False,
-                    f"line {loop.lineno}: `while` loop: the number of "
-                    "iterations is only known by running it",
-                    node=loop,
-                    tree=tree,
-                )
-            )
-            continue
-        env = int_env(tree, loop, bound)
-        bounds, count = estimate_iterations(loop, env, bound)
-        info = LoopInfo(
-            loop.lineno,
-            "for",
-            level,
-            target_names(loop.target) or (),
-            ast.unparse(loop.iter),
-            bounds,
-            count,
-            False,
-            "",
-            node=loop,
-            tree=tree,
-        )
-        try:
-            if ctx["generator"]:
-                raise Sequential("the function is a generator")
-            if ctx["frame"]:
-                raise Sequential(
-                    f"the function uses `{ctx['frame'][0]}`, which sees its local variables"
-                )
-            found = _analyse_for(loop, tree, unwrapped, ctx, declared_pure)
-        except Sequential as exc:
-            info.reason = str(exc)
+            infos.append(_while_info(loop, level, tree))
         else:
-            info.parallelizable = True
-            info.effects = found["effects"]
-            info.private = found["private"]
-            info.read_only = found["read_only"]
-            info.guarded = found["guarded"]
-            info.guards = found["guards"]
-            info.snapshots = found["snapshots"]
-            info.assumptions = found["assumptions"]
-            info.container_targets = found["containers"]
-            info.immutable_targets = found["immutable"]
-            info.method_guards = found["method_guards"]
-            info.spec = _iter_spec(loop.iter, unwrapped, ctx["outer"])
-            info.reductions = {e.name: e.op for e in info.effects if e.kind != "collector"}
-            info.collectors = {e.name: e.op for e in info.effects if e.kind == "collector"}
-            info.reason = "iterations are independent"
-            if info.assumptions:
-                info.reason += "; assumes " + "; ".join(info.assumptions)
-        infos.append(info)
+            infos.append(_for_info(loop, level, tree, unwrapped, ctx, bound, declared_pure))
     return infos
+
+
+def _declared_pure(pure: Iterable[Any]) -> dict[int, Any]:
+    """The functions declared pure by id, with the functions they wrap."""
+    declared_pure = {id(p): p for p in pure}
+    for p in pure:
+        inner = getattr(p, "__wrapped__", None)
+        if inner is not None:
+            declared_pure[id(inner)] = inner
+    return declared_pure
+
+
+def _while_info(loop: ast.While, level: int, tree: ast.FunctionDef) -> LoopInfo:
+    """A ``while`` loop: always sequential."""
+    return LoopInfo(
+        loop.lineno,
+        "while",
+        level,
+        (),
+        ast.unparse(loop.test),
+        None,
+        None,
+        False,
+        f"line {loop.lineno}: `while` loop: the number of iterations is only known by running it",
+        node=loop,
+        tree=tree,
+    )
+
+
+def _for_info(
+    loop: ast.For,
+    level: int,
+    tree: ast.FunctionDef,
+    func: types.FunctionType,
+    ctx: dict[str, Any],
+    bound: dict[str, Any],
+    declared_pure: dict[int, Any],
+) -> LoopInfo:
+    """A ``for`` loop with its estimated iterations and verdict."""
+    env = int_env(tree, loop, bound)
+    bounds, count = estimate_iterations(loop, env, bound)
+    info = LoopInfo(
+        loop.lineno,
+        "for",
+        level,
+        target_names(loop.target) or (),
+        ast.unparse(loop.iter),
+        bounds,
+        count,
+        False,
+        "",
+        node=loop,
+        tree=tree,
+    )
+    try:
+        if ctx["generator"]:
+            raise Sequential("the function is a generator")
+        if ctx["frame"]:
+            raise Sequential(
+                f"the function uses `{ctx['frame'][0]}`, which sees its local variables"
+            )
+        found = _analyse_for(loop, tree, func, ctx, declared_pure)
+    except Sequential as exc:
+        info.reason = str(exc)
+    else:
+        _record(info, found, loop, func, ctx)
+    return info
+
+
+def _record(
+    info: LoopInfo,
+    found: dict[str, Any],
+    loop: ast.For,
+    func: types.FunctionType,
+    ctx: dict[str, Any],
+) -> None:
+    """Fill ``info`` for a loop found parallelizable."""
+    info.parallelizable = True
+    info.effects = found["effects"]
+    info.private = found["private"]
+    info.read_only = found["read_only"]
+    info.guarded = found["guarded"]
+    info.guards = found["guards"]
+    info.snapshots = found["snapshots"]
+    info.assumptions = found["assumptions"]
+    info.container_targets = found["containers"]
+    info.immutable_targets = found["immutable"]
+    info.method_guards = found["method_guards"]
+    info.spec = iter_spec(loop.iter, func, ctx["outer"])
+    info.reductions = {e.name: e.op for e in info.effects if e.kind != "collector"}
+    info.collectors = {e.name: e.op for e in info.effects if e.kind == "collector"}
+    info.reason = "iterations are independent"
+    if info.assumptions:
+        info.reason += "; assumes " + "; ".join(info.assumptions)
 
 
 def find_parallelizable_loops(

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from .execute import Plan, Source
+from .iterables import Source, vouched
+from .plans import Plan
 
 __all__ = ["ArrayLoopRunner"]
 
@@ -62,9 +63,7 @@ class ArrayLoopRunner:
     def __call__(self, source: Iterable[Any], ro: tuple = (), targets: tuple = ()) -> Plan:
         obj = source.build() if isinstance(source, Source) else source
         leaves = source.leaves() if isinstance(source, Source) else [obj]
-        from .execute import _vouched
-
-        if not _vouched(leaves):
+        if not vouched(leaves):
             self.last_decision = "sequential (the iterable is not a list, tuple, range, ...)"
             return Plan(obj)
         items = list(obj)
@@ -74,7 +73,7 @@ class ArrayLoopRunner:
         chunk = self.chunk
 
         def iteration(item: Any) -> list:
-            from .execute import check_immutable, check_method
+            from .checks import check_immutable, check_method
 
             out: list[list] = []
             chunk([item], ro, check_method, check_immutable, out)

@@ -1,4 +1,4 @@
-"""The effect tables: which functions and methods a parallel loop body may call.
+"""The effect tables: which functions and methods a parallel loop body may call, as objects.
 
 Why a whitelist: a loop runs in parallel only if every call in its body is known to leave all
 state outside the iteration alone and to give the same value in a worker process as in the
@@ -7,7 +7,8 @@ caller. Calls are resolved to objects when the function is analysed (``np.sqrt``
 shadowing definition is never mistaken for the vetted function.
 
 Nothing here is imported lazily: modules that are not installed (numpy) simply contribute no
-entries.
+entries. The names themselves are listed in :mod:`.vetted`; this module resolves them and answers
+the lookups.
 """
 
 from __future__ import annotations
@@ -34,6 +35,24 @@ import unicodedata
 import warnings
 from typing import Any
 
+from .vetted import (
+    ARRAY_PURE,
+    BYTES_METHODS,
+    DECIMAL_PURE,
+    DICT_PURE,
+    FRESH_BUILTIN_NAMES,
+    IMPURE_OPERATOR,
+    LIST_PURE,
+    NUMBER_PURE,
+    NUMPY_FRESH,
+    NUMPY_LINALG,
+    NUMPY_RANDOM_CONSTRUCTORS,
+    NUMPY_VIEWS,
+    PURE_BUILTIN_NAMES,
+    SET_PURE,
+    STR_METHODS,
+)
+
 __all__ = [
     "OWNED_TYPES",
     "PURE_METHODS",
@@ -43,124 +62,6 @@ __all__ = [
     "method_allowed",
     "returns_fresh",
 ]
-
-# builtins that neither mutate their arguments nor depend on per-process state. Absent on
-# purpose: id and hash (differ between processes), next (advances an iterator), iter is fine.
-_PURE_BUILTIN_NAMES = [
-    "abs",
-    "all",
-    "any",
-    "ascii",
-    "bin",
-    "bool",
-    "bytes",
-    "callable",
-    "chr",
-    "complex",
-    "dict",
-    "divmod",
-    "enumerate",
-    "filter",
-    "float",
-    "format",
-    "frozenset",
-    "getattr",
-    "hasattr",
-    "hex",
-    "int",
-    "isinstance",
-    "issubclass",
-    "iter",
-    "len",
-    "list",
-    "map",
-    "max",
-    "min",
-    "oct",
-    "ord",
-    "pow",
-    "range",
-    "repr",
-    "reversed",
-    "round",
-    "set",
-    "slice",
-    "sorted",
-    "str",
-    "sum",
-    "tuple",
-    "type",
-    "zip",
-    "print",
-    "ValueError",
-    "TypeError",
-    "KeyError",
-    "IndexError",
-    "ZeroDivisionError",
-    "ArithmeticError",
-    "RuntimeError",
-    "Exception",
-    "StopIteration",
-    "AssertionError",
-    "LookupError",
-    "OverflowError",
-    "NotImplementedError",
-    "UnicodeError",
-    "AttributeError",
-]
-
-# builtins whose result is a new object (or an immutable one): in-place operators and item
-# assignment on a name bound to such a result touch nothing outside the iteration.
-_FRESH_BUILTIN_NAMES = [
-    "abs",
-    "bin",
-    "bool",
-    "bytes",
-    "chr",
-    "complex",
-    "dict",
-    "divmod",
-    "float",
-    "format",
-    "frozenset",
-    "hex",
-    "int",
-    "len",
-    "list",
-    "oct",
-    "ord",
-    "pow",
-    "range",
-    "repr",
-    "round",
-    "set",
-    "sorted",
-    "str",
-    "sum",
-    "tuple",
-    "bytearray",
-]
-
-_IMPURE_OPERATOR = set(
-    [
-        "iadd",
-        "iand",
-        "iconcat",
-        "ifloordiv",
-        "ilshift",
-        "imod",
-        "imul",
-        "imatmul",
-        "ior",
-        "ipow",
-        "irshift",
-        "isub",
-        "itruediv",
-        "ixor",
-        "setitem",
-        "delitem",
-    ]
-)
 
 
 def _callables(module: Any, skip: set[str] = frozenset()) -> list[Any]:  # type: ignore[assignment]
@@ -172,11 +73,11 @@ def _callables(module: Any, skip: set[str] = frozenset()) -> list[Any]:  # type:
 
 
 def _build_pure() -> tuple[dict[int, Any], dict[int, Any]]:
-    pure: list[Any] = [getattr(builtins, n) for n in _PURE_BUILTIN_NAMES]
-    fresh: list[Any] = [getattr(builtins, n) for n in _FRESH_BUILTIN_NAMES]
+    pure: list[Any] = [getattr(builtins, n) for n in PURE_BUILTIN_NAMES]
+    fresh: list[Any] = [getattr(builtins, n) for n in FRESH_BUILTIN_NAMES]
     pure += _callables(math) + _callables(cmath)
     fresh += _callables(math) + _callables(cmath)
-    pure += _callables(operator, _IMPURE_OPERATOR)
+    pure += _callables(operator, IMPURE_OPERATOR)
     pure += _callables(statistics, {"NormalDist"})
     pure += [bisect.bisect, bisect.bisect_left, bisect.bisect_right]
     pure += [heapq.nlargest, heapq.nsmallest, heapq.merge]
@@ -210,201 +111,11 @@ def _build_pure() -> tuple[dict[int, Any], dict[int, Any]]:
     return {id(o): o for o in pure}, {id(o): o for o in fresh}
 
 
-_NUMPY_FRESH = [
-    "abs",
-    "absolute",
-    "add",
-    "all",
-    "allclose",
-    "amax",
-    "amin",
-    "any",
-    "arange",
-    "arccos",
-    "arcsin",
-    "arctan",
-    "arctan2",
-    "argmax",
-    "argmin",
-    "argsort",
-    "around",
-    "array",
-    "array_equal",
-    "average",
-    "bincount",
-    "ceil",
-    "clip",
-    "concatenate",
-    "convolve",
-    "copy",
-    "corrcoef",
-    "cos",
-    "cosh",
-    "count_nonzero",
-    "cov",
-    "cross",
-    "cumprod",
-    "cumsum",
-    "deg2rad",
-    "degrees",
-    "diag",
-    "diff",
-    "divide",
-    "dot",
-    "einsum",
-    "equal",
-    "exp",
-    "exp2",
-    "expm1",
-    "eye",
-    "fabs",
-    "flip",
-    "floor",
-    "floor_divide",
-    "fmax",
-    "fmin",
-    "fmod",
-    "full",
-    "full_like",
-    "gradient",
-    "greater",
-    "greater_equal",
-    "hstack",
-    "hypot",
-    "identity",
-    "inner",
-    "interp",
-    "isclose",
-    "isfinite",
-    "isinf",
-    "isnan",
-    "kron",
-    "less",
-    "less_equal",
-    "linspace",
-    "log",
-    "log10",
-    "log1p",
-    "log2",
-    "logaddexp",
-    "logical_and",
-    "logical_not",
-    "logical_or",
-    "logical_xor",
-    "logspace",
-    "matmul",
-    "max",
-    "maximum",
-    "mean",
-    "median",
-    "meshgrid",
-    "min",
-    "minimum",
-    "mod",
-    "multiply",
-    "nan_to_num",
-    "nanmax",
-    "nanmean",
-    "nanmin",
-    "nansum",
-    "negative",
-    "nonzero",
-    "not_equal",
-    "ones",
-    "ones_like",
-    "outer",
-    "percentile",
-    "polyfit",
-    "polyval",
-    "power",
-    "prod",
-    "ptp",
-    "quantile",
-    "rad2deg",
-    "radians",
-    "real",
-    "reciprocal",
-    "remainder",
-    "repeat",
-    "rint",
-    "round",
-    "sign",
-    "sin",
-    "sinh",
-    "sort",
-    "sqrt",
-    "square",
-    "stack",
-    "std",
-    "subtract",
-    "sum",
-    "take",
-    "tan",
-    "tanh",
-    "tile",
-    "trace",
-    "transpose",
-    "true_divide",
-    "trunc",
-    "unique",
-    "var",
-    "vstack",
-    "where",
-    "zeros",
-    "zeros_like",
-    "histogram",
-    "searchsorted",
-    "float64",
-    "float32",
-    "int64",
-    "int32",
-    "int8",
-    "int16",
-    "uint8",
-    "complex128",
-    "bool_",
-    "column_stack",
-]
-# numpy functions that may return their argument itself (or a view of it): pure, not fresh
-_NUMPY_VIEWS = [
-    "asarray",
-    "ascontiguousarray",
-    "atleast_1d",
-    "atleast_2d",
-    "ravel",
-    "reshape",
-    "squeeze",
-]
-_NUMPY_LINALG = [
-    "norm",
-    "solve",
-    "inv",
-    "det",
-    "eig",
-    "eigh",
-    "eigvals",
-    "svd",
-    "qr",
-    "cholesky",
-    "lstsq",
-    "pinv",
-    "matrix_rank",
-]
-_NUMPY_RANDOM_CONSTRUCTORS = [
-    "default_rng",
-    "Generator",
-    "SeedSequence",
-    "PCG64",
-    "Philox",
-    "MT19937",
-]
-
-
 def _numpy_tables(np: Any) -> tuple[list[Any], list[Any]]:
-    fresh = [getattr(np, n) for n in _NUMPY_FRESH if hasattr(np, n)]
-    fresh += [getattr(np.linalg, n) for n in _NUMPY_LINALG if hasattr(np.linalg, n)]
-    fresh += [getattr(np.random, n) for n in _NUMPY_RANDOM_CONSTRUCTORS if hasattr(np.random, n)]
-    pure = fresh + [getattr(np, n) for n in _NUMPY_VIEWS if hasattr(np, n)]
+    fresh = [getattr(np, n) for n in NUMPY_FRESH if hasattr(np, n)]
+    fresh += [getattr(np.linalg, n) for n in NUMPY_LINALG if hasattr(np.linalg, n)]
+    fresh += [getattr(np.random, n) for n in NUMPY_RANDOM_CONSTRUCTORS if hasattr(np.random, n)]
+    pure = fresh + [getattr(np, n) for n in NUMPY_VIEWS if hasattr(np, n)]
     return pure, fresh
 
 
@@ -421,92 +132,24 @@ def returns_fresh(obj: Any) -> bool:
     return id(obj) in _FRESH and _FRESH[id(obj)] is obj
 
 
-# Method names that never mutate the receiver or an argument, on every type they are allowed
-# for. The receiver's type is checked when the call runs (see ``method_allowed``).
-_STR_METHODS = {
-    name for name in dir(str) if not name.startswith("_") and callable(getattr(str, name))
-}
-_BYTES_METHODS = {
-    name for name in dir(bytes) if not name.startswith("_") and callable(getattr(bytes, name))
-}
-_LIST_PURE = {"index", "count", "copy"}
-_DICT_PURE = {"get", "keys", "values", "items", "copy"}
-_SET_PURE = {
-    "union",
-    "intersection",
-    "difference",
-    "symmetric_difference",
-    "issubset",
-    "issuperset",
-    "isdisjoint",
-    "copy",
-}
-_NUMBER_PURE = {
-    "bit_length",
-    "bit_count",
-    "conjugate",
-    "is_integer",
-    "as_integer_ratio",
-    "hex",
-    "to_bytes",
-}
-_ARRAY_PURE = {
-    "all",
-    "any",
-    "argmax",
-    "argmin",
-    "argsort",
-    "astype",
-    "clip",
-    "conj",
-    "copy",
-    "cumprod",
-    "cumsum",
-    "diagonal",
-    "dot",
-    "flatten",
-    "item",
-    "max",
-    "mean",
-    "min",
-    "nonzero",
-    "prod",
-    "ravel",
-    "repeat",
-    "reshape",
-    "round",
-    "searchsorted",
-    "squeeze",
-    "std",
-    "sum",
-    "swapaxes",
-    "take",
-    "tolist",
-    "trace",
-    "transpose",
-    "var",
-}
-_DECIMAL_PURE = {"quantize", "sqrt", "exp", "ln", "log10", "is_nan", "is_zero", "normalize"}
-
-
 def _method_table() -> dict[type, set[str]]:
     table: dict[type, set[str]] = {
-        str: _STR_METHODS,
-        bytes: _BYTES_METHODS,
-        list: _LIST_PURE,
+        str: STR_METHODS,
+        bytes: BYTES_METHODS,
+        list: LIST_PURE,
         tuple: {"index", "count"},
-        dict: _DICT_PURE,
-        collections.OrderedDict: _DICT_PURE,
-        collections.defaultdict: _DICT_PURE,
-        collections.Counter: _DICT_PURE | {"most_common", "elements", "total"},
-        set: _SET_PURE,
-        frozenset: _SET_PURE,
-        int: _NUMBER_PURE,
-        float: _NUMBER_PURE,
-        bool: _NUMBER_PURE,
+        dict: DICT_PURE,
+        collections.OrderedDict: DICT_PURE,
+        collections.defaultdict: DICT_PURE,
+        collections.Counter: DICT_PURE | {"most_common", "elements", "total"},
+        set: SET_PURE,
+        frozenset: SET_PURE,
+        int: NUMBER_PURE,
+        float: NUMBER_PURE,
+        bool: NUMBER_PURE,
         complex: {"conjugate"},
         range: {"index", "count"},
-        decimal.Decimal: _DECIMAL_PURE,
+        decimal.Decimal: DECIMAL_PURE,
         fractions.Fraction: {"limit_denominator", "as_integer_ratio"},
         type({}.keys()): {"isdisjoint"},
         type({}.items()): {"isdisjoint"},
@@ -515,9 +158,9 @@ def _method_table() -> dict[type, set[str]]:
         import numpy as np
     except ImportError:  # pragma: no cover
         return table
-    table[np.ndarray] = _ARRAY_PURE
+    table[np.ndarray] = ARRAY_PURE
     for scalar in (np.float64, np.float32, np.int64, np.int32, np.bool_, np.complex128):
-        table[scalar] = _ARRAY_PURE | _NUMBER_PURE
+        table[scalar] = ARRAY_PURE | NUMBER_PURE
     return table
 
 

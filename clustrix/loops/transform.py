@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .analysis import LoopInfo
-from .body import replay_statement
+from .effects import replay_statement
 
 __all__ = ["TransformError", "transform_function"]
 
@@ -115,12 +115,28 @@ def _source_expr(spec: Any, runner: str) -> ast.expr:
     return spec
 
 
+def _runner_name(index: int) -> str:
+    return f"__clx_loop{index}"
+
+
+def _locate(roots: list[ast.AST], loop: ast.For) -> None:
+    """Give the generated nodes that have no position the loop's."""
+    for root in roots:
+        for node in ast.walk(root):
+            if "lineno" in getattr(node, "_attributes", ()) and not hasattr(node, "lineno"):
+                ast.copy_location(node, loop)
+
+
 def _build(
     loop: ast.For, info: LoopInfo, index: int, memo: dict[int, Any]
 ) -> tuple[list[ast.stmt], ast.FunctionDef]:
-    runner, plan = f"__clx_loop{index}", f"__clx_plan{index}"
-    kind, item = f"__clx_k{index}", f"__clx_x{index}"
-    # the chunk: a copy of the body with effects recorded and checks added
+    """The statements that replace ``loop`` in the caller, and the loop's chunk function."""
+    chunk = _chunk_function(loop, info, index, memo)
+    return _caller_statements(loop, info, index, memo), chunk
+
+
+def _chunk_body(loop: ast.For, info: LoopInfo, memo: dict[int, Any]) -> list[ast.stmt]:
+    """A copy of the body with effects recorded and checks added."""
     effects = {id(memo[id(e.node)]): (sid, e) for sid, e in enumerate(info.effects)}
     chunk_memo: dict[int, Any] = {}
     body_copy = copy.deepcopy(loop.body, chunk_memo)
@@ -134,6 +150,14 @@ def _build(
     for stmt in body_copy:
         new = rewriter.visit(stmt)
         chunk_body.extend(new if isinstance(new, list) else [new])
+    return chunk_body
+
+
+def _chunk_function(
+    loop: ast.For, info: LoopInfo, index: int, memo: dict[int, Any]
+) -> ast.FunctionDef:
+    """The worker side: runs the body over a chunk of items, recording each iteration's events."""
+    chunk_body = _chunk_body(loop, info, memo)
     ro = info.read_only
     chunk_src: list[ast.stmt] = []
     if ro:
@@ -156,21 +180,33 @@ def _build(
         defaults=[],
     )
     chunk = ast.FunctionDef(f"__clx_chunk{index}", args, chunk_src, [], None)
-    for node in ast.walk(chunk):
-        if "lineno" in getattr(node, "_attributes", ()) and not hasattr(node, "lineno"):
-            ast.copy_location(node, loop)
-    # the caller side
+    _locate([chunk], loop)
+    return chunk
+
+
+def _replays(info: LoopInfo, memo: dict[int, Any]) -> list[ast.stmt]:
+    """The effect statements as the caller replays them, on the copied tree."""
     replays: list[ast.stmt] = []
     for effect in info.effects:
         fresh = copy.copy(effect)
         fresh.node = memo[id(effect.node)]
         fresh.values = [memo[id(v)] for v in effect.values]
         replays.append(replay_statement(fresh, _VAL))
+    return replays
+
+
+def _caller_statements(
+    loop: ast.For, info: LoopInfo, index: int, memo: dict[int, Any]
+) -> list[ast.stmt]:
+    """The caller side: the plan, its loop, the rebinding and the original loop over the rest."""
+    runner, plan = _runner_name(index), f"__clx_plan{index}"
+    kind, item = f"__clx_k{index}", f"__clx_x{index}"
+    replays = _replays(info, memo)
     spec = _remap_spec(info.spec, memo)
     plan_call = _call(
         _name(runner),
         _source_expr(spec, runner),
-        ast.Tuple([_name(n) for n in ro], ast.Load()),
+        ast.Tuple([_name(n) for n in info.read_only], ast.Load()),
         ast.Tuple([_name(n) for n in sorted({e.name for e in info.effects})], ast.Load()),
     )
     run_here = [
@@ -205,11 +241,8 @@ def _build(
         ),
         *loop.orelse,
     ]
-    for stmt in new:
-        for node in ast.walk(stmt):
-            if "lineno" in getattr(node, "_attributes", ()) and not hasattr(node, "lineno"):
-                ast.copy_location(node, loop)
-    return new, chunk
+    _locate(new, loop)
+    return new
 
 
 def _remap_spec(spec: Any, memo: dict[int, Any]) -> Any:
@@ -273,6 +306,16 @@ def transform_function(
     if any(i.tree is not tree for i in infos):
         raise TransformError("loops of different analyses")
     _check_mangling(func, tree)
+    module, chunks = _rewritten_module(func, tree, infos)
+    code = compile(module, func.__code__.co_filename, "exec")
+    return _rebuilt_function(func, original, code, chunks, infos, runner_factory)
+
+
+def _rewritten_module(
+    func: types.FunctionType, tree: ast.FunctionDef, infos: list[LoopInfo]
+) -> tuple[ast.Module, list[ast.FunctionDef]]:
+    """A module of the rewritten function, inside a factory taking its free variables and
+    runners, and of the chunk functions."""
     memo: dict[int, Any] = {}
     new_tree = copy.deepcopy(tree, memo)
     replacements: dict[int, list[ast.stmt]] = {}
@@ -285,7 +328,7 @@ def transform_function(
     new_tree = _LoopReplacer(replacements).visit(new_tree)
     new_tree.name = _FN  # not the function's own name: that stays a global, as in the original
     freevars = list(func.__code__.co_freevars)
-    runners = [f"__clx_loop{i}" for i in range(len(chunks))]
+    runners = [_runner_name(i) for i in range(len(chunks))]
     factory_args = ast.arguments(
         posonlyargs=[],
         args=[ast.arg(n) for n in freevars + runners],
@@ -298,7 +341,18 @@ def transform_function(
     )
     module = ast.Module(body=[factory, *chunks], type_ignores=[])
     ast.fix_missing_locations(module)
-    code = compile(module, func.__code__.co_filename, "exec")
+    return module, chunks
+
+
+def _rebuilt_function(
+    func: types.FunctionType,
+    original: Callable[..., Any],
+    code: types.CodeType,
+    chunks: list[ast.FunctionDef],
+    infos: list[LoopInfo],
+    runner_factory: Callable[[Callable[..., Any], LoopInfo], Any],
+) -> Callable[..., Any]:
+    """The new function from the compiled code, closing over ``func``'s cells and the runners."""
     new_code = _find_code(_find_code(code, "__clx_factory"), _FN)
     new_code = new_code.replace(co_name=func.__code__.co_name)
     if hasattr(new_code, "co_qualname"):
@@ -307,7 +361,7 @@ def transform_function(
     for i, chunk in enumerate(chunks):
         chunk_fn = types.FunctionType(_find_code(code, chunk.name), func.__globals__, chunk.name)
         CHUNK_INFO[chunk_fn] = infos[i]
-        cells[runners[i]] = types.CellType(runner_factory(chunk_fn, infos[i]))
+        cells[_runner_name(i)] = types.CellType(runner_factory(chunk_fn, infos[i]))
     closure = tuple(cells[name] for name in new_code.co_freevars)
     new = types.FunctionType(new_code, func.__globals__, func.__name__, func.__defaults__, closure)
     new.__kwdefaults__ = func.__kwdefaults__
