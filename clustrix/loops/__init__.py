@@ -90,8 +90,6 @@ def parallelize(
         new = transform_function(func, chosen, factory) if chosen else func
     except (SourceUnavailable, TransformError, SyntaxError):
         new = func
-    if new is not func:
-        new.__clx_loops__ = chosen  # type: ignore[attr-defined]
     try:
         with _CACHE_LOCK:
             _CACHE.setdefault(func, {})[key] = new

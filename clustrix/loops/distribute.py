@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from .checks import check_immutable, check_method
 from .iterables import Source, vouched
 from .plans import Plan
 
@@ -72,11 +73,13 @@ class ArrayLoopRunner:
             return Plan(items)
         chunk = self.chunk
 
-        def iteration(item: Any) -> list:
-            from .checks import check_immutable, check_method
+        # The checks are referenced, not imported inside: the job that runs an iteration
+        # learns from the pickle that it needs Clustrix's runtime shipped with it.
+        checks = (check_method, check_immutable)
 
+        def iteration(item: Any) -> list:
             out: list[list] = []
-            chunk([item], ro, check_method, check_immutable, out)
+            chunk([item], ro, *checks, out)
             return out[0]
 
         outcomes = self.submit_map(iteration, items)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +86,26 @@ class LoopRunner:
         # a probe iteration whose types are only checked in workers must finish before
         # anything is sent: it may change what the workers would read
         self.concurrent_probe = not getattr(info, "guarded", None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A function whose loops run in a cluster job travels with its runner. The guards
+        # hold module namespaces, which must not travel whole (a module's globals may hold
+        # anything, open files included): each goes as its module's name, found again
+        # where the job runs if that module is importable there.
+        state = dict(self.__dict__)
+        state["guards"] = [
+            (namespace.get("__name__"), name, obj) for namespace, name, obj in self.guards
+        ]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        guards = []
+        for module_name, name, obj in state["guards"]:
+            module = sys.modules.get(module_name) if module_name else None
+            if module is not None:
+                guards.append((vars(module), name, obj))
+            # else: the module travelled by value; no one can bind its names anew there
+        self.__dict__.update(state, guards=guards)
 
     def combine(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Source:
         return Source(fn, args, kwargs)

@@ -99,6 +99,8 @@ class Stager:
         self.scheduler.check_options(options)
         per_task = calls_per_task(len(calls), spec.chunksize, config)
         chunks = [list(calls[i : i + per_task]) for i in range(0, len(calls), per_task)]
+        # First: the user's own modules that cannot be installed must pickle by value.
+        modules = prepare_local_modules(func, _some_values(calls))
         function_bytes, payloads, payload_modules = _pickled(func, chunks)
         plan = plan_environment(
             func,
@@ -106,7 +108,7 @@ class Stager:
             python_executable=config.python_executable,
             conda_env_name=config.conda_env_name,
             payload_modules=payload_modules,
-            modules=prepare_local_modules(func, _some_values(calls)),
+            modules=modules,
         )
         report = self.environments.ensure(plan, work_dir, config)
         job_id = new_job_id()
