@@ -91,6 +91,11 @@ class Executor(cf.Executor):
             **self.scheduler_options,
         }
 
+    def overrides(self) -> dict[str, Any]:
+        """The settings these arguments override, by setting name (``cores`` ->
+        ``default_cores``...): the top layer of a call's configuration."""
+        return dict(self._overrides)
+
     # ------------------------------------------------------------------ what a call asks for
 
     def effective_config(self) -> ClusterConfig:

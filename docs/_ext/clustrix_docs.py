@@ -32,8 +32,8 @@ from sphinx.util.docutils import SphinxDirective
 import clustrix
 from clustrix import errors, handle
 from clustrix.config import FIELD_SPECS, ClusterConfig, FieldSpec
-from clustrix.decorator import ClusterFunction
 from clustrix.environment import environment_key, with_runner_requirement
+from clustrix.executor import Executor
 from clustrix.remote.staging import calls_per_task, resources_per_task, script_context
 from clustrix.schedulers import SCHEDULERS
 from clustrix.schedulers.base import ArraySpec
@@ -216,11 +216,11 @@ def render_sample(
     }
     job_name = str(options.pop("job_name", "clustrix-simulate"))
     config = ClusterConfig(cluster_type=cluster_type, **settings)
-    function = ClusterFunction(_sample_function, **resource_arguments, **options)
-    config = config.replace(**function._overrides)
-    resources = function.resources(config)
+    executor = Executor(**resource_arguments, **options)
+    config = config.replace(**executor.overrides())
+    resources = executor.resources(config)
     scheduler = SCHEDULERS[cluster_type]()
-    scheduler.check_options(function.scheduler_options)
+    scheduler.check_options(executor.scheduler_options)
     folder = f"{SAMPLE_HOME}/{config.remote_work_dir.removeprefix('~/')}/{SAMPLE_JOB_ID}"
     if config.python_executable:
         python = shlex.quote(config.python_executable)
@@ -236,15 +236,11 @@ def render_sample(
         count = min(tasks, config.max_array_size or tasks)
         spec = ArraySpec(0, count, min(config.max_parallel_jobs, count))
     context = script_context(
-        config, job_name, folder, python, function.scheduler_options, array=spec
+        config, job_name, folder, python, executor.scheduler_options, array=spec
     )
     return scheduler.render_script(resources, context), scheduler.submit_command(
         "job-0.sh", context
     )
-
-
-def _sample_function(seed: int) -> float:
-    return float(seed)
 
 
 class JobScriptDirective(SphinxDirective):

@@ -3,6 +3,7 @@ schedulers: it is written as data, or refused before anything is staged; it neve
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import clustrix
 from clustrix import ConfigError, Resources, cluster
 from clustrix.backend import backend_for
+from clustrix.calls import CallSpec
 from clustrix.config import FIELD_SPECS, FieldSpec
 from clustrix.environment import environment_key, with_runner_requirement
 from clustrix.errors import EnvironmentSetupError
@@ -98,13 +100,10 @@ def test_directive_settings_with_a_line_break_never_reach_a_script(request, sett
 def test_a_decorator_partition_with_a_line_break_is_refused_before_staging(on_slurm):
     marker = _marker()
 
-    @cluster(time="00:05:00", partition=f"debug\ntouch {marker}")
-    def f():
-        return 1
-
     before = _job_folders(on_slurm)
-    with pytest.raises(ConfigError, match=r"default_partition=.*line break"):
-        f()
+    # Refused when the decorator is applied, before any call can stage anything.
+    with pytest.raises(ConfigError, match=r"partition=.*line break"):
+        cluster(time="00:05:00", partition=f"debug\ntouch {marker}")(len)
     assert _job_folders(on_slurm) == before
     assert not _exists(on_slurm, marker)
 
@@ -117,17 +116,15 @@ def test_environment_variable_names_never_reach_a_script(on_slurm, name):
         clustrix.configure(environment_variables={name: "1"})
     # Past the settings' check, the line that would export it refuses it: neither the
     # environment build on the login node nor a job runs.
-    config = clustrix.get_config()
+    config = copy.copy(clustrix.get_config())  # a copy: the configuration in use stays valid
     object.__setattr__(config, "environment_variables", {name: "1"})
     before = _job_folders(on_slurm)
     with pytest.raises(ConfigError, match="expected a variable name"):
         backend_for(config).submit(
             add.__wrapped__,
             [((1, 2), {})],
-            config=config,
-            resources=Resources.parse(time="00:05:00"),
-            environment=None,
-            options={},
+            CallSpec(resources=Resources.parse(time="00:05:00")),
+            config,
         )
     assert _job_folders(on_slurm) == before
     assert not _exists(on_slurm, marker) and not _exists(on_slurm, f"{marker}=1")
@@ -184,12 +181,8 @@ def test_sge_values_with_whitespace_are_refused_before_staging(on_sge):
     # option value with a space (a quoted "-A 'two words'" is refused by qmaster too).
     before = _job_folders(on_sge)
 
-    @cluster(time="00:05:00", queue="all q")
-    def in_a_queue():
-        return 1
-
-    with pytest.raises(ConfigError, match=r"default_queue='all q'.*whitespace"):
-        in_a_queue()
+    with pytest.raises(ConfigError, match=r"queue='all q'.*whitespace"):
+        cluster(time="00:05:00", queue="all q")(len)
 
     @cluster(time="00:05:00", project="two words")
     def in_a_project():
