@@ -20,6 +20,7 @@ from typing import Any, TypeVar, overload
 
 import cloudpickle
 
+from .calls import NO_KEYWORDS
 from .config import ClusterConfig
 from .errors import ConfigError
 from .executor import Executor
@@ -116,7 +117,7 @@ class ClusterFunction:
     ) -> list[ClusterFuture]:
         """Start a call per item (zipped across iterables) and return their futures at once,
         in item order: on a cluster one job array, like ``map``, without waiting for it."""
-        calls = [(tuple(items), {}) for items in zip(iterable, *iterables, strict=False)]
+        calls = [(items, NO_KEYWORDS) for items in zip(iterable, *iterables, strict=False)]
         if not calls:
             return []
         return self._executor.submit_calls(self.__wrapped__, calls, chunksize).futures
@@ -138,7 +139,7 @@ class ClusterFunction:
         stay available through ``clustrix.get_job``. ``progress`` shows a bar (default: the
         ``progress`` setting).
         """
-        calls = [(tuple(items), {}) for items in zip(iterable, *iterables, strict=False)]
+        calls = [(items, NO_KEYWORDS) for items in zip(iterable, *iterables, strict=False)]
         return self._executor.map_calls(
             self.__wrapped__,
             calls,

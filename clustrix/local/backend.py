@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..calls import CallArgs, CallSpec, Submitted, columns
+from ..calls import NO_KEYWORDS, CallArgs, CallSpec, Submitted, columns
 from ..errors import NodeFailureError, WorkerCrashedError
 from ..futures import ClusterFuture
 from ..progress import gather
@@ -86,7 +86,8 @@ class LocalBackend:
     ) -> list[Any]:
         if not calls:
             return []
-        if not (spec.timeout or spec.retries or progress) and all(not kw for _, kw in calls):
+        positional = all(kwargs is NO_KEYWORDS or not kwargs for _, kwargs in calls)
+        if not (spec.timeout or spec.retries or progress) and positional:
             return self.executor(config).map(
                 func,
                 *columns(calls),
