@@ -178,6 +178,21 @@ def resolve_config(
 
 
 _resolved: dict[tuple[Any, ...], ResolvedConfig] = {}
+_ENVIRONMENT_NAMES = (PROFILE_ENV, *(ENV_PREFIX + name.upper() for name in FIELD_SPECS))
+_ENVIRONMENT_KEYS = tuple(os.fsencode(name) for name in _ENVIRONMENT_NAMES)
+
+
+def _environment_values() -> tuple[Any, ...]:
+    """The values of the variables that can change a setting (None where unset).
+
+    Every decorated call asks, so this is read from the environment's undecoded table where
+    CPython keeps one on POSIX systems: a lookup in ``os.environ`` encodes the name and
+    raises inside for each unset variable, which costs more than the rest of the key.
+    """
+    raw = getattr(os.environ, "_data", None)
+    if os.name == "posix" and isinstance(raw, dict):
+        return tuple(map(raw.get, _ENVIRONMENT_KEYS))
+    return tuple(map(os.environ.get, _ENVIRONMENT_NAMES))
 
 
 def _inputs_key(profile: str | None, overrides: Mapping[str, Any] | None) -> tuple | None:
@@ -192,7 +207,7 @@ def _inputs_key(profile: str | None, overrides: Mapping[str, Any] | None) -> tup
                 files.append(None)
             else:
                 files.append((found.st_ino, found.st_size, found.st_mtime_ns))
-    environment = tuple(sorted(i for i in os.environ.items() if i[0].startswith(ENV_PREFIX)))
+    environment = _environment_values()
     key = (profile, _session.generation, environment, tuple(files), home, cwd)
     try:
         arguments = tuple(sorted((overrides or {}).items()))
