@@ -138,22 +138,24 @@ class Executor(cf.Executor):
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one call and return its value, as ``f(x)`` of a decorated function does.
 
-        With ``parallel=True`` on the local backend the body runs in the caller's thread,
-        like the plain function: its per-thread state (decimal context, signal handlers)
-        holds, and a loop that stays sequential is the original code running where it
-        always would. Ctrl-C cancels the call (with ``cancel_on_interrupt``).
+        When its loops run in parallel on the local backend (``parallel=True``, or
+        ``auto_parallel``), the body runs in the caller's thread, like the plain function:
+        its per-thread state (decimal context, signal handlers) holds, and a loop that stays
+        sequential is the original code running where it always would. Ctrl-C cancels the
+        call (with ``cancel_on_interrupt``).
         """
-        if self.parallel is True and not in_worker():
-            config = self.effective_config()
-            if self.backend(config).is_local:
-                version = self._versions.parallel(fn, self.parallel, config, self.pure)
-                if version is not None:
-                    return version(*args, **kwargs)
-        future = self.submit_call(fn, args, kwargs)
+        if in_worker():
+            return self.submit_call(fn, args, kwargs).result()
+        config = self.effective_config()
+        if self.parallel not in (False, "array") and self.backend(config).is_local:
+            version = self._versions.parallel(fn, self.parallel, config, self.pure)
+            if version is not None:
+                return version(*args, **kwargs)
+        future = self._submit_call(fn, args, kwargs, config)
         try:
             return future.result()
         except KeyboardInterrupt:
-            if self.effective_config().cancel_on_interrupt:
+            if config.cancel_on_interrupt:
                 future.cancel()
             raise
 
@@ -164,7 +166,15 @@ class Executor(cf.Executor):
         if in_worker():
             # Already inside a call Clustrix runs: nesting another pool would oversubscribe.
             return LocalExecutor(kind="inline").submit_call(fn, args, kwargs)
-        config = self.effective_config()
+        return self._submit_call(fn, args, kwargs, self.effective_config())
+
+    def _submit_call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        config: ClusterConfig,
+    ) -> ClusterFuture:
         array = self._array_version(fn, config)
         if array is not None:
             # The body runs here; each safe loop's iterations go out as one job array.

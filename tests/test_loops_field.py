@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import loops_field_cases as c
 
+import clustrix
 from clustrix import cluster
 from clustrix.loops import detect_loops_in_function, explain, parallelize
 from clustrix.loops.analysis import find_parallelizable_loops
@@ -214,6 +215,15 @@ def test_decimal_context_and_signal_hold_in_the_caller_thread():
         assert forced(c.divide_all)(xs) == c.divide_all(xs)  # workers get the context too
     if threading.current_thread() is threading.main_thread():
         assert cluster(parallel=True, cores=2)(c.alarmed)([1, 2]) == [2, 4]
+
+
+def test_auto_parallel_calls_run_in_the_caller_thread_too():
+    # auto_parallel instead of parallel=True: the same per-thread state holds.
+    clustrix.configure(auto_parallel=True, default_cores=2)
+    with decimal.localcontext(prec=6):
+        assert cluster(c.recips)([7, 3]) == c.recips([7, 3])
+    if threading.current_thread() is threading.main_thread():
+        assert cluster(c.alarmed)([1, 2]) == [2, 4]
 
 
 # --------------------------------------------------------------------------- output
