@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -48,14 +49,18 @@ def _submitter(test_cluster, body: str) -> subprocess.Popen:
     )
 
 
-def _slow_status_checks(monkeypatch, seconds: float) -> None:
-    """This process's status checks each start ``seconds`` late."""
+def _store_path() -> str:
+    return os.path.join(os.environ["HOME"], ".clustrix", "jobs.db")
+
+
+def _delay_status_checks(monkeypatch, wait: str) -> None:
+    """This process's status checks each run the shell code ``wait`` first."""
     scheduler_class = type(backend_for(clustrix.get_config()).scheduler)
     original = scheduler_class.status_command
     monkeypatch.setattr(
         scheduler_class,
         "status_command",
-        lambda self, jobs, detailed=False: f"sleep {seconds}; " + original(self, jobs, detailed),
+        lambda self, jobs, detailed=False: f"{wait}; " + original(self, jobs, detailed),
     )
 
 
@@ -72,9 +77,12 @@ def test_a_second_watcher_is_told_the_results_went_elsewhere_not_that_the_job_fa
     )
     job_id = submitter.stdout.readline().strip()
     assert job_id, submitter.stderr.read()
-    # This process watches too, but checks slowly: the submitter collects first and, as
-    # cleanup_on_success says, removes the job folder.
-    _slow_status_checks(monkeypatch, 3)
+    # This process watches too, but its checks wait until the submitter has collected the
+    # result and, as cleanup_on_success says, removed the job folder.
+    folder = shlex.quote(JobStore(_store_path()).get(job_id).remote_folder)
+    _delay_status_checks(
+        monkeypatch, f"for _ in $(seq 600); do [ -d {folder} ] || break; sleep 0.2; done"
+    )
     job = clustrix.get_job(job_id)
     with pytest.raises(ResultsCollectedElsewhereError, match="collected by another process"):
         job.results(timeout=120)
@@ -147,9 +155,18 @@ def fails_on_one(x):
 
 
 def test_the_store_holds_the_final_state_when_a_map_raises(on_slurm, monkeypatch):
-    # Both array tasks end before the first status check answers, so both results arrive in
-    # one check; the caller, woken by the failure, must find the job's end already recorded.
-    _slow_status_checks(monkeypatch, 4)
+    # Both array tasks end before the first status check answers (each check first waits
+    # until the queue holds none of the jobs), so both results arrive in one check; the
+    # caller, woken by the failure, must find the job's end already recorded.
+    scheduler_class = type(backend_for(clustrix.get_config()).scheduler)
+    original = scheduler_class.status_command
+
+    def after_the_queue_empties(self, jobs, detailed=False):
+        ids = shlex.quote(",".join(jobs))
+        wait = f'for _ in $(seq 600); do [ -z "$(squeue -h -j {ids} 2>/dev/null)" ] && break; '
+        return wait + "sleep 0.2; done; " + original(self, jobs, detailed)
+
+    monkeypatch.setattr(scheduler_class, "status_command", after_the_queue_empties)
     with pytest.raises(ValueError, match="item 1 is bad") as caught:
         fails_on_one.map(range(4), chunksize=2)
     job_id = next(
