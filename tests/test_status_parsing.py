@@ -68,19 +68,26 @@ def test_squeue_failing_is_told_by_its_exit_status_and_its_own_words():
         SlurmScheduler().parse_status(missing, ["9"])
 
 
-def test_the_slurm_status_command_frames_squeue_in_a_real_shell(tmp_path):
-    # A fake squeue that fails like an unreachable controller, run by the real command text.
-    fake = tmp_path / "squeue"
-    fake.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Socket timed out' >&2\nexit 1\n")
+def _status_output(tmp_path, scheduler, fake_name: str, fake_body: str, banner: str) -> str:
+    """What ``scheduler``'s real status command prints in bash after ``banner``, with a fake
+    ``fake_name`` command (a shell script body) first on PATH."""
+    fake = tmp_path / fake_name
+    fake.write_text(f"#!/bin/sh\n{fake_body}\n")
     fake.chmod(0o755)
-    command = SlurmScheduler().status_command({"7": "/a"})
-    output = subprocess.run(
-        ["bash", "-c", f"echo 'Please report errors.'; {command}"],
+    command = scheduler.status_command({"7": "/a", "42": "/b"})
+    return subprocess.run(
+        ["bash", "-c", f"echo '{banner}'; {command}"],
         capture_output=True,
         text=True,
         env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
         check=True,
     ).stdout
+
+
+def test_the_slurm_status_command_frames_squeue_in_a_real_shell(tmp_path):
+    # A fake squeue that fails like an unreachable controller, run by the real command text.
+    failing = "echo 'slurm_load_jobs error: Socket timed out' >&2\nexit 1"
+    output = _status_output(tmp_path, SlurmScheduler(), "squeue", failing, "Please report errors.")
     with pytest.raises(SchedulerUnavailableError, match="Socket timed out"):
         SlurmScheduler().parse_status(output, ["7"])
 
@@ -106,15 +113,6 @@ def test_a_banner_before_qstat_is_not_an_sge_job_line():
 
 
 def test_the_sge_status_command_frames_qstat_in_a_real_shell(tmp_path):
-    fake = tmp_path / "qstat"
-    fake.write_text("#!/bin/sh\nexit 0\n")
-    fake.chmod(0o755)
-    command = SgeScheduler().status_command({"42": "/a"})
-    output = subprocess.run(
-        ["bash", "-c", f"echo '42 jobs of 12 users are running now'; {command}"],
-        capture_output=True,
-        text=True,
-        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
-        check=True,
-    ).stdout
+    banner = "42 jobs of 12 users are running now"
+    output = _status_output(tmp_path, SgeScheduler(), "qstat", "exit 0", banner)
     assert SgeScheduler().parse_status(output, ["42"])["42"].state is JobState.UNKNOWN
