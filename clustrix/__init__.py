@@ -39,6 +39,7 @@ from .executor import Executor
 from .futures import ClusterFuture
 from .handle import Job, get_job, jobs
 from .local import LocalExecutor
+from .pools.client import WorkerPool, pool
 from .resources import Resources
 
 try:
@@ -67,6 +68,7 @@ __all__ = [
     "Resources",
     "SerializationError",
     "WorkerCrashedError",
+    "WorkerPool",
     "__version__",
     "cluster",
     "configure",
@@ -74,6 +76,7 @@ __all__ = [
     "get_job",
     "jobs",
     "load_config",
+    "pool",
     "register_joblib",
     "reset_config",
     "save_config",

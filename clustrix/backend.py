@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from .calls import CallArgs, CallSpec, Submitted, columns
 from .config import ClusterConfig
 from .errors import BackendUnavailableError
+from .pools.routing import PoolBackend, pooled
 from .store import JobRecord, JobStore
 
 __all__ = [
@@ -103,7 +104,14 @@ class JobBackend(Backend, Protocol):
 
 
 def backend_for(config: ClusterConfig) -> Backend:
-    """The backend ``config`` points at: the local pool, or the shared backend of a cluster."""
+    """The backend ``config`` points at: inside an open ``clustrix.pool`` on that cluster, the
+    pool's workers; otherwise the local process pool, or the shared backend of a cluster."""
+    backend = _own_backend(config)
+    pool = pooled(config)
+    return backend if pool is None else PoolBackend(pool, backend)
+
+
+def _own_backend(config: ClusterConfig) -> Backend:
     if config.cluster_type == "local":
         from .local.backend import LocalBackend
 
@@ -115,7 +123,7 @@ def backend_for(config: ClusterConfig) -> Backend:
 
 def job_backend_for(config: ClusterConfig) -> JobBackend:
     """The backend of a recorded job's cluster (``config`` from the job's record)."""
-    backend = backend_for(config)
+    backend = _own_backend(config)
     if backend.is_local:
         raise BackendUnavailableError("local calls are not recorded as jobs")
     return backend  # type: ignore[return-value]

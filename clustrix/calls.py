@@ -28,7 +28,9 @@ class CallSpec:
     how many more times a call lost with its worker, node or job runs (``retry_on`` adds
     exception types of the function's own); ``timeout`` a per-call limit in seconds (local
     backend); ``job_name`` and ``options`` the scheduler's name and pass-through options;
-    ``chunksize`` the calls per array task (None: the backend chooses).
+    ``chunksize`` the calls per array task (None: the backend chooses); ``requested`` the
+    resource arguments (``cores``, ``memory``, ``time``...) the caller gave itself, rather
+    than inherited from the settings' defaults: what a pool's worker must offer.
     """
 
     resources: Resources
@@ -39,6 +41,7 @@ class CallSpec:
     job_name: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     chunksize: int | None = None
+    requested: frozenset[str] = frozenset()
 
 
 @dataclass

@@ -119,6 +119,11 @@ class Executor(cf.Executor):
             job_name=options.pop("job_name", None),
             options=options,
             chunksize=chunksize,
+            requested=frozenset(
+                name
+                for name in RESOURCE_ARGUMENTS
+                if name in self._settings and self._settings[name] is not None
+            ),
         )
 
     def backend(self, config: ClusterConfig | None = None) -> Backend:

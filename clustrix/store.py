@@ -45,6 +45,22 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
+CREATE TABLE IF NOT EXISTS pools (
+    pool_id TEXT PRIMARY KEY,
+    cluster_type TEXT NOT NULL,
+    host TEXT NOT NULL,
+    remote_folder TEXT NOT NULL,
+    state TEXT NOT NULL,
+    workers INTEGER NOT NULL,
+    settings TEXT NOT NULL,
+    connection TEXT NOT NULL,
+    worker_jobs TEXT NOT NULL DEFAULT '[]',
+    owner TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    finished REAL,
+    message TEXT NOT NULL DEFAULT ''
+);
 """
 # Columns added after the first release, with their definitions, for stores made before.
 _ADDED_COLUMNS = {
@@ -52,6 +68,10 @@ _ADDED_COLUMNS = {
     "submitter": "TEXT NOT NULL DEFAULT '{}'",
 }
 _JSON_COLUMNS = ("task_sizes", "connection", "submissions", "parts", "submitter")
+_POOL_JSON_COLUMNS = ("settings", "connection", "worker_jobs", "owner")
+#: A pool's states: starting its workers, open for calls, stopped (by its owner or
+#: ``clustrix pool stop``); a pool whose owner died stays RUNNING until its workers idle out.
+POOL_STATES = ("STARTING", "RUNNING", "STOPPED")
 
 
 @dataclass
@@ -82,6 +102,29 @@ class JobRecord:
     @property
     def scheduler_ids(self) -> list[str]:
         return [s["scheduler_id"] for s in self.submissions]
+
+
+@dataclass
+class PoolRecord:
+    """A warm worker pool (``clustrix.pool``): where it is and which jobs are its workers."""
+
+    pool_id: str
+    cluster_type: str
+    host: str
+    remote_folder: str
+    state: str
+    workers: int
+    #: What each worker has: ``{"cores", "memory_mb", "time_seconds", "idle_timeout"}``.
+    settings: dict[str, Any]
+    connection: dict[str, Any]
+    #: Clustrix job ids of the worker jobs, in the order they were submitted.
+    worker_jobs: list[str] = field(default_factory=list)
+    #: The process that opened the pool: ``{"host", "pid", "started"}``.
+    owner: dict[str, Any] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    finished: float | None = None
+    message: str = ""
 
 
 def this_process() -> dict[str, Any]:
@@ -257,6 +300,56 @@ class JobStore:
     def delete(self, job_ids: Iterable[str]) -> None:
         with self._connect() as connection:
             connection.executemany("DELETE FROM jobs WHERE job_id = ?", [(i,) for i in job_ids])
+
+    # ------------------------------------------------------------------ pools
+
+    def add_pool(self, record: PoolRecord) -> None:
+        values = asdict(record)
+        for name in _POOL_JSON_COLUMNS:
+            values[name] = json.dumps(values[name])
+        columns = ", ".join(values)
+        marks = ", ".join(f":{name}" for name in values)
+        with self._connect() as connection:
+            connection.execute(f"INSERT INTO pools ({columns}) VALUES ({marks})", values)
+
+    def update_pool(self, pool_id: str, **changes: Any) -> bool:
+        """Change a pool's record; a STOPPED pool keeps that state. Whether it changed."""
+        changes["updated"] = time.time()
+        for name in _POOL_JSON_COLUMNS:
+            if name in changes:
+                changes[name] = json.dumps(changes[name])
+        assignments = ", ".join(f"{name} = :{name}" for name in changes)
+        condition = "pool_id = :pool_id"
+        if "state" in changes:
+            condition += " AND state != 'STOPPED'"
+        with self._connect() as connection:
+            cursor = connection.execute(
+                f"UPDATE pools SET {assignments} WHERE {condition}", {**changes, "pool_id": pool_id}
+            )
+            return cursor.rowcount > 0
+
+    def get_pool(self, pool_id: str) -> PoolRecord | None:
+        with self._connect() as connection:
+            row = connection.execute("SELECT * FROM pools WHERE pool_id = ?", (pool_id,)).fetchone()
+        return _pool_record(row) if row else None
+
+    def pools(self, *, states: Iterable[str] | None = None) -> list[PoolRecord]:
+        """Newest first, optionally only those in ``states``."""
+        query, parameters = "SELECT * FROM pools", []
+        if states:
+            states = list(states)
+            query += f" WHERE state IN ({', '.join('?' for _ in states)})"
+            parameters += states
+        with self._connect() as connection:
+            rows = connection.execute(query + " ORDER BY created DESC", parameters).fetchall()
+        return [_pool_record(row) for row in rows]
+
+
+def _pool_record(row: sqlite3.Row) -> PoolRecord:
+    values = dict(row)
+    for name in _POOL_JSON_COLUMNS:
+        values[name] = json.loads(values[name])
+    return PoolRecord(**values)
 
 
 def _record(row: sqlite3.Row) -> JobRecord:

@@ -6,7 +6,9 @@ scheduler code works on a login node reached over SSH and on the machine it runs
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,6 +70,46 @@ class OutputFrame:
         return bytes(memoryview(output)[self.start(output) :])
 
 
+class Stream(Protocol):
+    """A command that keeps running, spoken to through its stdin and stdout
+    (``Transport.open_stream``). Only what the command printed is read: not its shell's."""
+
+    def send(self, data: bytes) -> None:
+        """Write all of ``data`` to the command's stdin."""
+        ...
+
+    def recv(self, size: int) -> bytes:
+        """At most ``size`` bytes of its stdout, waiting for some; b"" once it ended."""
+        ...
+
+    def close(self) -> None:
+        """Close its stdin and the stream; the command sees end-of-file."""
+        ...
+
+
+def skip_shell_output(frame: OutputFrame, read: Callable[[int], bytes], limit: float) -> bytes:
+    """Read a framed command's stdout up to its marker; what came after the marker.
+
+    Raises ``ConnectionError`` if the output ends first (the command never started) and
+    ``TimeoutError`` if no marker comes within ``limit`` seconds.
+    """
+    seen = bytearray()
+    deadline = time.monotonic() + limit
+    while True:
+        start = frame.start(seen)
+        if start:
+            return bytes(seen[start:])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the command did not start within {limit:g} s")
+        chunk = read(65536)
+        if not chunk:
+            raise ConnectionError(
+                "the command ended before it started: "
+                + bytes(seen[-500:]).decode(errors="replace")
+            )
+        seen += chunk
+
+
 class Transport(Protocol):
     """A way to reach one machine as one user."""
 
@@ -87,6 +129,12 @@ class Transport(Protocol):
         stdout and stderr hold only what the command printed: whatever the shell printed
         before it (a login banner, an ``echo`` in ``~/.bashrc``) is left out.
         """
+        ...
+
+    def open_stream(self, command: str) -> Stream:
+        """Start ``command`` (quoted like ``run``'s) and keep it running: its stdin and
+        stdout become a byte stream, its stderr is discarded. Used where a round trip per
+        exchange would cost too much (a pool's relay)."""
         ...
 
     def home(self) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 
-from .base import CommandResult, OutputFrame
+from .base import CommandResult, OutputFrame, skip_shell_output
 
 
 class LocalTransport:
@@ -35,8 +36,52 @@ class LocalTransport:
         result = CommandResult(command, completed.returncode, stdout, stderr)
         return result.check(self.where) if check else result
 
+    def open_stream(self, command: str) -> LocalStream:
+        return LocalStream(command)
+
     def home(self) -> str:
         return os.path.expanduser("~")
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class LocalStream:
+    """A command run with bash, kept running, spoken to through pipes."""
+
+    def __init__(self, command: str) -> None:
+        frame = OutputFrame()
+        self.process = subprocess.Popen(
+            ["bash", "-c", frame.frame(command)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._stdin = self.process.stdin
+        self._stdout = self.process.stdout.fileno()
+        self._pending = skip_shell_output(frame, self._read, limit=60.0)
+
+    def _read(self, size: int) -> bytes:
+        return os.read(self._stdout, size)
+
+    def send(self, data: bytes) -> None:
+        self._stdin.write(data)
+        self._stdin.flush()
+
+    def recv(self, size: int) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        return self._read(size)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        with contextlib.suppress(OSError):
+            self.process.stdout.close()  # type: ignore[union-attr]

@@ -7,6 +7,7 @@ Host keys are checked against known_hosts (see ``hostkeys``).
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Any
 import paramiko
 
 from ..errors import AuthenticationError, ConnectionFailedError, HostKeyError
-from .base import CommandResult, OutputFrame
+from .base import CommandResult, OutputFrame, skip_shell_output
 from .hostkeys import (
     CONNECT_TIMEOUT,
     HostKeyCheck,
@@ -241,10 +242,52 @@ class SSHTransport:
             if self._client is client:
                 self._reset()
 
+    def open_stream(self, command: str) -> SSHStream:
+        """``command`` on a channel of its own, kept open (see ``Transport.open_stream``)."""
+        try:
+            channel = _open_session(self._connected_client())
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise ConnectionFailedError(f"cannot run commands on {self.where}: {exc}") from None
+        return SSHStream(channel, command)
+
     def home(self) -> str:
         if self._home is None:
             self._home = self.run('printf %s "$HOME"').stdout.strip()
         return self._home
+
+
+class SSHStream:
+    """A command kept running on an SSH channel; its stderr is dropped as it arrives."""
+
+    def __init__(self, channel: paramiko.Channel, command: str) -> None:
+        frame = OutputFrame()
+        self.channel = channel
+        self._lock = threading.Lock()
+        channel.exec_command(frame.frame(f"{{ {command}\n}} 2>/dev/null"))
+        self._pending = skip_shell_output(frame, channel.recv, limit=CONNECT_TIMEOUT)
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            view = memoryview(data).cast("B")
+            offset = 0
+            while offset < len(view):
+                sent = self.channel.send(view[offset : offset + _SEND_CHUNK])
+                if sent <= 0:
+                    raise ConnectionError("the command closed its input")
+                offset += sent
+
+    def recv(self, size: int) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        while self.channel.recv_stderr_ready():  # the shell's words, before the command's
+            self.channel.recv_stderr(65536)
+        return self.channel.recv(size)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            self.channel.shutdown_write()
+        self.channel.close()
 
 
 def _is_active(channel: paramiko.Channel) -> bool:

@@ -1,0 +1,127 @@
+"""A worker's call process: runs the pooled calls one task at a time, as the runner would.
+
+The worker starts one per Python environment (``python -m clustrix.pools.calls IN OUT``, with
+the pool's runtime zip on ``PYTHONPATH``) and keeps it for the tasks that need that
+environment, so a call costs no interpreter start. Running the calls in a process of their
+own keeps the worker responsive: it writes its heartbeat while a call holds the GIL in C code,
+stops a call past its ``timeout``, and notices a call that killed its process.
+
+Requests arrive on file descriptor IN, one JSON line each::
+
+    {"task": path of the claimed task, "function": path of its pickled function,
+     "stdout": path, "stderr": path}
+
+and each answer on OUT is a line ``<length>`` followed by that many bytes: the result batch
+(``clustrix.runner``'s format). While the calls run, file descriptors 1 and 2 point at the
+request's ``stdout`` and ``stderr`` files, so whatever the call prints (from Python, C code or
+a subprocess) is kept per task.
+
+Standard library, cloudpickle and ``clustrix.runner`` only: this module runs on the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from .. import runner
+from . import files
+
+
+class Calls:
+    """Loads functions once, runs tasks, and answers with their result batches."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, Any] = {}
+
+    def function(self, path: str) -> Any:
+        func = self.functions.get(path)
+        if func is None:
+            if len(self.functions) > 64:
+                self.functions.clear()
+            with open(path, "rb") as handle:
+                func = cloudpickle.loads(handle.read())
+            self.functions[path] = func
+        return func
+
+    def run(self, request: dict[str, str]) -> bytes:
+        """The pickled result batch of one task, its output written to the request's files."""
+        task = files.read_record(Path(request["task"]))
+        try:
+            func = self.function(request["function"])
+            calls = cloudpickle.loads(task["calls"])
+        except BaseException as exc:  # a module missing here, say: every call fails with it
+            return _payload_failure(exc, task.get("count", 1))
+        with _output_to(request["stdout"], request["stderr"]):
+            batch = runner.run_calls(func, calls)
+        return runner.dump_batch(batch)
+
+
+def _payload_failure(exc: BaseException, count: int) -> bytes:
+    failure = {
+        "exception": None,
+        "type": "clustrix.PayloadError",
+        "message": f"could not load the function or its arguments: {type(exc).__name__}: {exc}",
+        "traceback": traceback.format_exc(),
+        "exit_code": None,
+    }
+    now = time.time()
+    batch = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": now,
+        "finished": now,
+        "outcomes": [(False, failure)] * count,
+    }
+    return runner.dump_batch(batch)
+
+
+class _output_to:
+    """Points file descriptors 1 and 2 at two files for the duration of a task."""
+
+    def __init__(self, stdout: str, stderr: str) -> None:
+        self.paths = (stdout, stderr)
+        self.saved: list[int] = []
+
+    def __enter__(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd, path in zip((1, 2), self.paths, strict=True):
+            self.saved.append(os.dup(fd))
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(target, fd)
+            os.close(target)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a call may have closed or replaced them
+                stream.flush()
+        for fd, saved in zip((1, 2), self.saved, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+        self.saved.clear()
+
+
+def main(argv: list[str]) -> int:
+    requests = os.fdopen(int(argv[0]), "rb")
+    answers = os.fdopen(int(argv[1]), "wb")
+    os.environ["CLUSTRIX_IN_JOB"] = "1"
+    calls = Calls()
+    for line in requests:
+        data = calls.run(json.loads(line))
+        answers.write(b"%d\n" % len(data) + data)
+        answers.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
