@@ -95,7 +95,8 @@ class WorkerPool(cf.Executor):
             )
         self.idle_timeout = parse_time(idle_timeout, field="idle_timeout")
         profile, self.timeout, environment = (
-            _checked(name, options.pop(name, None)) for name in ("profile", "timeout", "environment")
+            _checked(name, options.pop(name, None))
+            for name in ("profile", "timeout", "environment")
         )
         self.retries = _checked("retries", options.pop("retries", None)) or 0
         given = {"cores": cores, "memory": memory, "time": time}

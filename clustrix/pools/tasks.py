@@ -3,7 +3,6 @@ for them (values, exceptions, a retry, or ``WorkerCrashedError``)."""
 
 from __future__ import annotations
 
-import pickle
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,13 +54,11 @@ class PoolTask:
 
 
 def read_result(
-    task: PoolTask, data: bytes, where: Callable[[str, str], str]
+    task: PoolTask, record: dict[str, Any], where: Callable[[str, str], str]
 ) -> list[Settlement] | None:
-    """Settlements for a task's result; None when it should run again (``retry_on``).
-
-    ``where(worker, job)`` says, for messages, where the task ran.
+    """Settlements for a task's result record; None when it should run again
+    (``retry_on``). ``where(worker, job)`` says, for messages, where the task ran.
     """
-    record = pickle.loads(data)
     place = where(record.get("worker", "?"), record.get("job", "?"))
     logs = {"stdout": record.get("stdout", ""), "stderr": record.get("stderr", "")}
     for future in task.futures:
