@@ -133,23 +133,27 @@ def this_process() -> dict[str, Any]:
 
 
 def submitter_gone(record: JobRecord, stale_after: float = 3600.0) -> bool:
-    """Whether the process that submitted ``record`` can no longer be submitting it.
+    """Whether the process that submitted ``record`` can no longer be submitting it."""
+    return process_gone(record.submitter, record.created, stale_after)
+
+
+def process_gone(process: Mapping[str, Any], since: float, stale_after: float = 3600.0) -> bool:
+    """Whether ``process`` (as ``this_process`` named it, at time ``since``) has ended.
 
     On the same host the process is looked up (its start time tells a reused pid apart);
-    a submitter on another host is taken as gone once the record is ``stale_after`` seconds
-    old, since no submission lasts that long.
+    a process on another host is taken as gone once ``stale_after`` seconds have passed
+    since ``since``.
     """
-    submitter = record.submitter
-    if submitter.get("host") != socket.gethostname() or "pid" not in submitter:
-        return time.time() - record.created > stale_after
-    pid = int(submitter["pid"])
+    if process.get("host") != socket.gethostname() or "pid" not in process:
+        return time.time() - since > stale_after
+    pid = int(process["pid"])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
         pass  # alive, as another user
-    started = submitter.get("started")
+    started = process.get("started")
     return started is not None and _start_ticks(pid) != started
 
 

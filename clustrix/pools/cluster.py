@@ -300,6 +300,11 @@ class ClusterWorkers:
             worker = self.workers.get(worker_name)
             job = record.get("job") or (worker.scheduler_id if worker else "?")
             reason = record.get("reason", "its worker stopped")
+            if record.get("stopped"):
+                error = BackendUnavailableError(f"pool {self.pool_id} was stopped: {reason}")
+                for future in task.futures:
+                    settle(future, False, error)
+                continue
             if task.attempts <= task.retries:
                 logger.warning(
                     "pool %s: %s was lost with worker %s (job %s): %s; running it again",

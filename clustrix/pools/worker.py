@@ -223,6 +223,8 @@ class Worker:
             except EOFError:
                 del self.children[task["python"]]
                 how = child.stop()
+                if (self.folder / files.STOP).exists():
+                    return {**base, "lost": True, "stopped": True, "reason": "the pool was stopped"}
                 why = "its worker's job was stopped" if self.terminated else "its process died"
                 return {**base, "lost": True, "reason": f"{why} ({how}) while running it"}
             if data is not None:

@@ -14,9 +14,9 @@ from typing import Any
 import click
 import yaml
 
-from . import __version__
-from .backend import backend_for
-from .config import (
+from .. import __version__
+from ..backend import backend_for
+from ..config import (
     FIELD_NAMES,
     FIELD_SPECS,
     ClusterConfig,
@@ -29,7 +29,7 @@ from .config import (
     user_config_candidates,
     user_config_dir,
 )
-from .errors import ClustrixError
+from ..errors import ClustrixError
 
 
 class _Group(click.Group):
@@ -254,7 +254,7 @@ def trust_host(host: str, port: int | None, known_hosts: Path | None, yes: bool)
     HOST may be an alias from ~/.ssh/config: the key is fetched from, and recorded under,
     the HostName and Port it stands for, which is what connections look up.
     """
-    from .transport.ssh import (
+    from ..transport.ssh import (
         append_known_host,
         fetch_host_key,
         fingerprint,
@@ -303,8 +303,8 @@ def _when(timestamp: float | None) -> str:
 @click.option("--limit", type=int, default=50, show_default=True)
 def jobs_command(show_all: bool, states: tuple[str, ...], limit: int) -> None:
     """List recorded jobs, newest first (unfinished ones unless --all)."""
-    from .handle import jobs as list_jobs
-    from .store import ACTIVE_STATES
+    from ..handle import jobs as list_jobs
+    from ..store import ACTIVE_STATES
 
     wanted = [s.upper() for s in states] or (None if show_all else list(ACTIVE_STATES))
     found = list_jobs(states=wanted, limit=limit)
@@ -342,7 +342,7 @@ def jobs_command(show_all: bool, states: tuple[str, ...], limit: int) -> None:
 def _settle_submission(job: Any) -> None:
     """Resolve a job left SUBMITTING by a process that died (``Job.status`` adopts it); a
     cluster that cannot be reached now leaves the record as it is."""
-    from .errors import ClustrixError
+    from ..errors import ClustrixError
 
     if job.record.state == "SUBMITTING":
         try:
@@ -355,7 +355,7 @@ def _settle_submission(job: Any) -> None:
 @click.argument("job_id")
 def job_command(job_id: str) -> None:
     """Show everything recorded about one job, and its state now."""
-    from .handle import get_job
+    from ..handle import get_job
 
     job = get_job(job_id)
     state = job.status()
@@ -385,8 +385,8 @@ def job_command(job_id: str) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the job ends.")
 def logs(job_id: str, task: int, stream: str | None, follow: bool) -> None:
     """Print a job task's stdout (or stderr)."""
-    from .handle import get_job
-    from .store import FINAL_STATES
+    from ..handle import get_job
+    from ..store import FINAL_STATES
 
     job = get_job(job_id)
     stream = stream or "stdout"
@@ -407,7 +407,7 @@ def logs(job_id: str, task: int, stream: str | None, follow: bool) -> None:
 @click.argument("job_ids", nargs=-1, required=True)
 def cancel(job_ids: tuple[str, ...]) -> None:
     """Cancel jobs (every unfinished task of each)."""
-    from .handle import get_job
+    from ..handle import get_job
 
     for job_id in job_ids:
         job = get_job(job_id)
@@ -429,7 +429,7 @@ def result(job_id: str, output: Path | None, timeout: float | None) -> None:
     """Print a job's result (the list of results for a map), waiting for it if needed."""
     import cloudpickle
 
-    from .handle import get_job
+    from ..handle import get_job
 
     job = get_job(job_id)
     value = (
@@ -455,8 +455,8 @@ def result(job_id: str, output: Path | None, timeout: float | None) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def clean(older_than: str, yes: bool) -> None:
     """Remove finished jobs' remote folders and their records."""
-    from .handle import jobs as list_jobs
-    from .store import FINAL_STATES
+    from ..handle import jobs as list_jobs
+    from ..store import FINAL_STATES
 
     age = parse_age(older_than)
     for job in list_jobs(states=["SUBMITTING"], older_than=age):
@@ -480,7 +480,7 @@ def explain_command(target: str) -> None:
     """Show how each loop of a function would be parallelised, and why (reads source only)."""
     import importlib
 
-    from .loops import explain
+    from ..loops import explain
 
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
