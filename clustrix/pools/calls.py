@@ -9,12 +9,14 @@ stops a call past its ``timeout``, and notices a call that killed its process.
 Requests arrive on file descriptor IN, one JSON line each::
 
     {"task": path of the claimed task, "function": path of its pickled function,
-     "stdout": path, "stderr": path}
+     "stdout": path, "stderr": path, "deadline": epoch seconds or null}
 
 and each answer on OUT is a line ``<length>`` followed by that many bytes: the result batch
-(``clustrix.runner``'s format). While the calls run, file descriptors 1 and 2 point at the
-request's ``stdout`` and ``stderr`` files, so whatever the call prints (from Python, C code or
-a subprocess) is kept per task.
+(``clustrix.runner``'s format). A call whose walltime (the task's ``seconds``, per call) would
+not fit before the worker's deadline is not started: the batch then ends with the calls that
+ran, and the client queues the rest again. While the calls run, file descriptors 1 and 2
+point at the request's ``stdout`` and ``stderr`` files, so whatever the call prints (from
+Python, C code or a subprocess) is kept per task.
 
 Standard library, cloudpickle and ``clustrix.runner`` only: this module runs on the cluster.
 """
@@ -62,8 +64,25 @@ class Calls:
         except BaseException as exc:  # a module missing here, say: every call fails with it
             return _payload_failure(exc, task.get("count", 1))
         with _output_to(request["stdout"], request["stderr"]):
-            batch = runner.run_calls(func, calls)
+            batch = run_fitting(func, calls, task.get("seconds"), request.get("deadline"))
         return runner.dump_batch(batch)
+
+
+def run_fitting(
+    func: Any, calls: list[Any], seconds: float | None, deadline: float | None
+) -> dict[str, Any]:
+    """``runner.run_calls``, but no call starts unless its ``seconds`` fit before
+    ``deadline`` (epoch seconds): the batch then holds the outcomes of the calls that ran,
+    and the client queues the others again."""
+    if not seconds or deadline is None:
+        return runner.run_calls(func, calls)
+    batch = runner.run_calls(func, [])
+    for call in calls:
+        if time.time() + seconds > deadline:
+            break
+        batch["outcomes"] += runner.run_calls(func, [call])["outcomes"]
+    batch["finished"] = time.time()
+    return batch
 
 
 def _payload_failure(exc: BaseException, count: int) -> bytes:

@@ -172,7 +172,7 @@ class ClusterWorkers:
         """Queue ``calls`` as tasks for the workers; a future per call, in order."""
         if self._closing:
             raise RuntimeError(f"pool {self.pool_id} is shut down")
-        per_task = calls_per_task(len(calls), spec, self.size, self.walltime)
+        per_task = calls_per_task(len(calls), spec, self.size)
         chunks = [list(calls[i : i + per_task]) for i in range(0, len(calls), per_task)]
         with pickling_for_remote_job():
             prepared = self.payloads.prepare(func, calls)
@@ -187,11 +187,13 @@ class ClusterWorkers:
                 "python": python,
                 "calls": payload,
                 "count": len(chunk),
-                "seconds": None if seconds is None else seconds * len(chunk),
+                "seconds": seconds,
                 "timeout": spec.timeout,
             }
             futures = [self._future(name) for _ in chunk]
-            task = PoolTask(new_task_id(), name, func, futures, record, spec.retries, spec.retry_on)
+            task = PoolTask(
+                new_task_id(), name, func, futures, record, chunk, spec.retries, spec.retry_on
+            )
             for future in futures:
                 future.bind_cancel(lambda task=task: self.cancel([task]))
             tasks.append(task)
@@ -282,12 +284,36 @@ class ClusterWorkers:
             outcome = read_result(task, record, self._where)
             if outcome is None:
                 again.append(task.again())
-            else:
-                settlements += outcome
-                self.calls_done += len(task.futures)
+                continue
+            settlements += outcome
+            self.calls_done += len(outcome)
+            if len(outcome) < len(task.futures):
+                again.append(self._remainder(task, len(outcome)))
         self._resend(again)
         for future, ok, value in settlements:
             settle(future, ok, value)
+
+    def _remainder(self, task: PoolTask, ran: int) -> PoolTask:
+        """The calls of ``task`` after its first ``ran``, as a task of their own (a worker
+        had no walltime left for them: they did not start, so no attempt is counted)."""
+        calls = task.calls[ran:]
+        with pickling_for_remote_job():
+            payload = pickle_calls(task.func, calls)
+        record = {**task.record, "calls": payload, "count": len(calls)}
+        rest = PoolTask(
+            new_task_id(),
+            task.name,
+            task.func,
+            task.futures[ran:],
+            record,
+            calls,
+            task.retries,
+            task.retry_on,
+            attempts=task.attempts,
+        )
+        for future in rest.futures:
+            future.bind_cancel(lambda: self.cancel([rest]))
+        return rest
 
     def _lost(self, records: list[dict[str, Any]]) -> None:
         again: list[PoolTask] = []

@@ -15,7 +15,6 @@ from ..config import ClusterConfig
 from ..environment import modules_named_in_pickle, plan_environment, prepare_local_modules
 from ..payload import pickle_function
 from ..remote.environments import Environments, python_command
-from .worker import margin
 
 # Calls per task at most, and tasks per worker a map is cut into.
 MOST_PER_TASK = 1000
@@ -80,19 +79,18 @@ class Payloads:
         return python
 
 
-def calls_per_task(count: int, spec: CallSpec, workers: int, walltime: float | None) -> int:
+def calls_per_task(count: int, spec: CallSpec, workers: int) -> int:
     """How many calls travel together: a few tasks per worker, so that they share a map
-    evenly; never more than fit in a worker's walltime; one, for calls with a ``timeout``
-    (their process is stopped when time is up)."""
+    evenly; one, for calls with a ``timeout`` (their process is stopped when time is up).
+
+    Walltime does not limit it: a worker checks each call's ``time`` before starting it,
+    and hands back the calls it has no time left for.
+    """
     if spec.timeout is not None:
         return 1
     if spec.chunksize:
         return spec.chunksize
-    per_task = max(1, min(MOST_PER_TASK, math.ceil(count / (workers * TASKS_PER_WORKER))))
-    seconds = needed_seconds(spec)
-    if seconds and walltime:
-        per_task = max(1, min(per_task, int((walltime - margin(walltime)) // seconds)))
-    return per_task
+    return max(1, min(MOST_PER_TASK, math.ceil(count / (workers * TASKS_PER_WORKER))))
 
 
 def needed_seconds(spec: CallSpec) -> int | None:

@@ -31,6 +31,8 @@ class PoolTask:
     futures: list[ClusterFuture]
     #: What the relay queues (see ``clustrix.pools.relay``), without its id.
     record: dict[str, Any]
+    #: The calls themselves, to queue again those a worker had no walltime left for.
+    calls: list[Any]
     retries: int
     retry_on: tuple[type[BaseException], ...] = ()
     attempts: int = 1
@@ -58,6 +60,9 @@ def read_result(
 ) -> list[Settlement] | None:
     """Settlements for a task's result record; None when it should run again
     (``retry_on``). ``where(worker, job)`` says, for messages, where the task ran.
+
+    A worker near the end of its walltime runs only the first calls of a task: there are
+    settlements for those, and the task's other futures are left for the caller to queue.
     """
     place = where(record.get("worker", "?"), record.get("job", "?"))
     logs = {"stdout": record.get("stdout", ""), "stderr": record.get("stderr", "")}
@@ -85,7 +90,7 @@ def read_result(
                 f"(the call ran out of memory on a pool worker, {place}; a worker "
                 "has the pool's memory=, ask for more with clustrix.pool(memory=...))",
             )
-    return [(f, ok, value) for f, (ok, value) in zip(task.futures, outcomes, strict=True)]
+    return [(f, ok, value) for f, (ok, value) in zip(task.futures, outcomes, strict=False)]
 
 
 def lost_error(task: PoolTask, worker: str, job: str, reason: str, host: str) -> WorkerCrashedError:

@@ -210,7 +210,7 @@ class Worker:
             child = self.children[task["python"]] = CallProcess(task["python"], self.folder)
         function = self.folder / files.FUNCTIONS / f"{task['function']}.pkl"
         request = {"task": str(path), "function": str(function)}
-        child.start({**request, "stdout": str(out), "stderr": str(err)})
+        child.start({**request, "stdout": str(out), "stderr": str(err), "deadline": self.deadline})
         timeout = task.get("timeout")
         began = time.monotonic()
         while True:
