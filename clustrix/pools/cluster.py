@@ -232,6 +232,10 @@ class ClusterWorkers:
         self._cancels[request] = (event, removed)
         try:
             link.send(("cancel", request, ids))
+            if link.in_reader():
+                # Called back from a future settled by the relay's messages: the answer
+                # would come on this very thread. The tasks leave the queue all the same.
+                return False
             event.wait(30)
         except ConnectionFailedError:
             return False

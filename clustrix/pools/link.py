@@ -78,6 +78,11 @@ class RelayLink:
                 self._closed = True
             self._on_message(None)
 
+    def in_reader(self) -> bool:
+        """Whether this is the thread that hands the relay's messages on (a done-callback of a
+        pooled future runs there: it must not wait for another message)."""
+        return threading.current_thread() is self._reader
+
     @property
     def alive(self) -> bool:
         return not self._closed
