@@ -221,7 +221,8 @@ class ClusterWorkers:
             self.link.send(("tasks", [task.message() for task in tasks]))
 
     def cancel(self, tasks: Sequence[PoolTask]) -> bool:
-        """Take tasks out of the queue; False if every one had started (or ended)."""
+        """Take tasks out of the queue (their futures are cancelled); False if every one
+        had been claimed by a worker already (or had ended)."""
         with self._lock:
             ids = [task.id for task in tasks if task.id in self.tasks]
             link = self.link
@@ -241,12 +242,19 @@ class ClusterWorkers:
             return False
         finally:
             self._cancels.pop(request, None)
+        return bool(removed)
+
+    def _cancelled(self, request: str, removed: list[str]) -> None:
+        """The relay's answer to a cancel: these tasks left the queue."""
         with self._lock:
             gone = [self.tasks.pop(i) for i in removed if i in self.tasks]
         for task in gone:
             for future in task.futures:
                 mark_cancelled(future)
-        return bool(gone)
+        waiting = self._cancels.get(request)
+        if waiting is not None:
+            waiting[1].extend(removed)
+            waiting[0].set()
 
     # ------------------------------------------------------------------ from the relay
 
@@ -267,10 +275,7 @@ class ClusterWorkers:
                     if task_id in self.tasks:
                         self.tasks[task_id].queued = True
         elif kind == "cancelled":
-            waiting = self._cancels.get(message[1])
-            if waiting is not None:
-                waiting[1].extend(message[2])
-                waiting[0].set()
+            self._cancelled(message[1], message[2])
         elif kind == "stopped":
             threading.Thread(target=self._stopped_elsewhere, args=(message[1],)).start()
 
