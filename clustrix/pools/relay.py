@@ -192,12 +192,17 @@ class Relay:
         last_heartbeat = last_found = 0.0
         while not self.closed.is_set():
             now = time.monotonic()
-            found = self.collect(files.RESULTS, "results") + self.collect(files.LOST, "lost")
+            try:
+                found = self.collect(files.RESULTS, "results") + self.collect(files.LOST, "lost")
+                if now - last_heartbeat >= _HEARTBEAT:
+                    self.heartbeat()
+                    last_heartbeat = now
+            except FileNotFoundError:
+                if not self.folder.exists():
+                    return  # the pool was stopped and its folder removed
+                raise
             if found:
                 last_found = now
-            if now - last_heartbeat >= _HEARTBEAT:
-                self.heartbeat()
-                last_heartbeat = now
             if now - last_found < 0.5:
                 wait = _BUSY_WAIT
             else:
