@@ -95,8 +95,8 @@ login_env() {
   for c in "${ALL_COMPONENTS[@]}"; do optional "${c}_login_env"; done
 }
 
-# ssh_ports: the ports of every component's NAME_ssh_ports (further sshds with ssh's host key).
-ssh_ports() {
+# extra_ssh_ports: the ports of every component's NAME_ssh_ports (further sshds with ssh's host key).
+extra_ssh_ports() {
   local c
   for c in "${ALL_COMPONENTS[@]}"; do optional "${c}_ssh_ports"; done
 }

@@ -69,7 +69,7 @@ ssh_up() {
   local hostkey port
   hostkey=$(cut -d' ' -f1,2 "$SSH_DIR/ssh_host_ed25519_key.pub")
   # Other components' sshds (mfa) serve the same key on ports of their own.
-  for port in "$SSH_PORT" $(ssh_ports); do
+  for port in "$SSH_PORT" $(extra_ssh_ports); do
     printf '[127.0.0.1]:%s %s\n[localhost]:%s %s\n' "$port" "$hostkey" "$port" "$hostkey"
   done | write_if_changed "$SSH_DIR/known_hosts" 644 || true
   ensure_test_user
