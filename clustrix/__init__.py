@@ -41,6 +41,7 @@ from .handle import Job, get_job, jobs
 from .local import LocalExecutor
 from .pools.client import WorkerPool, pool
 from .resources import Resources
+from .transport.login import set_login_prompt
 
 try:
     __version__ = version("clustrix")
@@ -80,4 +81,5 @@ __all__ = [
     "register_joblib",
     "reset_config",
     "save_config",
+    "set_login_prompt",
 ]

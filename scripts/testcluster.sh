@@ -26,6 +26,8 @@
 #   NAME_preinstall  run before the packages are installed (debconf answers)
 #   NAME_down_begin  begin a slow stop: `down` calls every NAME_down_begin, then every NAME_down
 #   NAME_login_env   print VAR=value lines the test user's logins need (ssh passes them on)
+#   NAME_ssh_ports   print the ports of its own sshds, which serve ssh's host key (ssh lists
+#                    them in the known_hosts file it writes)
 # LIST_RANK orders `status` and the default of `up`; START_RANK orders starting, stopping and
 # the env file. `up NAME` also brings up the components NAME needs.
 set -euo pipefail
@@ -91,6 +93,12 @@ packages_for() {
 login_env() {
   local c
   for c in "${ALL_COMPONENTS[@]}"; do optional "${c}_login_env"; done
+}
+
+# extra_ssh_ports: the ports of every component's NAME_ssh_ports (further sshds with ssh's host key).
+extra_ssh_ports() {
+  local c
+  for c in "${ALL_COMPONENTS[@]}"; do optional "${c}_ssh_ports"; done
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -24,3 +24,4 @@ def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     clustrix.reset_config()
     yield home
     clustrix.reset_config()
+    clustrix.set_login_prompt(None)

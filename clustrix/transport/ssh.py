@@ -2,7 +2,8 @@
 
 Every submission, status poll and file transfer for a cluster goes through the same
 connection, which is what makes a round trip cost milliseconds instead of a new handshake.
-Host keys are checked against known_hosts (see ``hostkeys``).
+Host keys are checked against known_hosts (see ``hostkeys``); what a server asks beyond the
+key at login (a one-time code) is answered as ``login`` explains.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .hostkeys import (
     fingerprint,
     known_hosts_name,
 )
+from .login import InteractiveLogin, LoginTransport, PromptHandler
 
 # append_known_host, fetch_host_key, fingerprint and known_hosts_name are re-exported:
 # ``clustrix trust-host`` imports them from here.
@@ -103,13 +105,17 @@ class SSHTransport:
         host_key_policy: str = "strict",
         known_hosts: Path | None = None,
         jump: SSHTransport | None = None,
+        prompt: PromptHandler | None = None,
     ) -> None:
+        """``prompt`` answers the server's login questions (see ``login``) for this
+        connection, before ``clustrix.set_login_prompt``'s handler and the terminal."""
         self.target = target
         self.where = target.where
         self._password = password
         self._policy = host_key_policy
         self._known_hosts = known_hosts or default_known_hosts()
         self._jump = jump
+        self._prompt = prompt
         self._lock = threading.RLock()
         self._client: paramiko.SSHClient | None = None
         self._home: str | None = None
@@ -133,26 +139,24 @@ class SSHTransport:
         self._client = None
 
     def _connect(self) -> paramiko.SSHClient:
+        """A new, authenticated connection; ``HostKeyError``, ``AuthenticationError`` or
+        ``ConnectionFailedError`` if there is none."""
         target = self.target
         client = paramiko.SSHClient()
         # No keys are loaded into paramiko: HostKeyCheck sees every server key, with the
         # file and line of the known key it is compared with.
         check = HostKeyCheck(self._policy, self._known_hosts, target.hostname, target.port)
         client.set_missing_host_key_policy(check)
+        login = InteractiveLogin(self.where, self._prompt)
 
-        def preferring_known_key_types(sock: Any, **kwargs: Any) -> paramiko.Transport:
-            transport = paramiko.Transport(sock, **kwargs)
+        def login_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+            transport = LoginTransport(sock, **kwargs)
+            transport.login = login
             options = transport.get_security_options()
             options.key_types = check.preferred_key_types(list(options.key_types))
             return transport
 
-        sock = None
-        if self._jump is not None:
-            jump_transport = self._jump._connected_client().get_transport()
-            assert jump_transport is not None
-            sock = jump_transport.open_channel(
-                "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0)
-            )
+        sock = self._jump_channel()
         missing = [k for k in target.key_files if not os.path.isfile(k)]
         if missing:
             raise AuthenticationError(f"key file {missing[0]} for {self.where} does not exist")
@@ -169,21 +173,14 @@ class SSHTransport:
                 banner_timeout=CONNECT_TIMEOUT,
                 auth_timeout=CONNECT_TIMEOUT,
                 sock=sock,
-                transport_factory=preferring_known_key_types,
+                transport_factory=login_transport,
             )
-        except HostKeyError:
+        except (HostKeyError, AuthenticationError):
             client.close()
             raise
         except paramiko.AuthenticationException:
             client.close()
-            if self._password is None and sys.stdin is not None and sys.stdin.isatty():
-                self._password = getpass.getpass(f"Password for {self.where}: ")
-                return self._connect()
-            offered = ", ".join(target.key_files) or "the SSH agent and default keys"
-            raise AuthenticationError(
-                f"authentication failed for {self.where} (offered: {offered}"
-                f"{', a password' if self._password else ''}); check username and key_file"
-            ) from None
+            return self._after_refusal(login)
         except (OSError, paramiko.SSHException) as exc:
             client.close()
             raise ConnectionFailedError(f"cannot connect to {self.where}: {exc}") from None
@@ -192,6 +189,35 @@ class SSHTransport:
         transport.set_keepalive(30)
         logger.debug("connected to %s", self.where)
         return client
+
+    def _jump_channel(self) -> paramiko.Channel | None:
+        """A channel to the target through the ProxyJump host, or None without one."""
+        if self._jump is None:
+            return None
+        jump_transport = self._jump._connected_client().get_transport()
+        assert jump_transport is not None
+        target = self.target
+        return jump_transport.open_channel(
+            "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0)
+        )
+
+    def _after_refusal(self, login: InteractiveLogin) -> paramiko.SSHClient:
+        """Ask for a password and connect again, or raise ``AuthenticationError``."""
+        if login.prompt_texts:
+            asked = "; ".join(repr(text) for text in login.prompt_texts)
+            raise AuthenticationError(
+                f"{self.where} accepted the key but refused the answers to its login prompts "
+                f"({asked}): a one-time code may be mistyped, expired or used already. The "
+                "next connection asks again"
+            ) from None
+        if self._password is None and sys.stdin is not None and sys.stdin.isatty():
+            self._password = getpass.getpass(f"Password for {self.where}: ")
+            return self._connect()
+        offered = ", ".join(self.target.key_files) or "the SSH agent and default keys"
+        raise AuthenticationError(
+            f"authentication failed for {self.where} (offered: {offered}"
+            f"{', a password' if self._password else ''}); check username and key_file"
+        ) from None
 
     def close(self) -> None:
         with self._lock:

@@ -6,6 +6,7 @@
 # Interface (see scripts/testcluster.sh): ssh_packages, ssh_up, ssh_down, ssh_running, ssh_env.
 # For other components: TEST_USER and TEST_HOME (the test user), SSH_PORT, SSH_DIR, ssh_login.
 # The user's logins get every component's NAME_login_env (sshd's SetEnv and ~/.bashrc).
+# known_hosts lists this sshd's key for its port and every component's NAME_ssh_ports.
 # Files: $STATE/ssh (keys, known_hosts, sshd_config), /home/clustrix, pid file in $RUN, logs in $LOG.
 
 component ssh 20 10   # started first: it is cheap
@@ -39,7 +40,8 @@ ensure_test_user() {
   block="$TEST_ENV_BEGIN
 $(login_env | sed 's/^/export /')
 $TEST_ENV_END"
-  if ! grep -qF "$block" "$rc"; then
+  # (grep -F would take each line of the block as a pattern of its own: compare the block)
+  if [[ $(sed -n "/^$TEST_ENV_BEGIN\$/,/^$TEST_ENV_END\$/p" "$rc") != "$block" ]]; then
     tmp=$(mktemp)
     { printf '%s\n' "$block"; sed "/^$TEST_ENV_BEGIN\$/,/^$TEST_ENV_END\$/d" "$rc"; } >"$tmp"
     install -m 644 -o "$TEST_USER" -g "$TEST_USER" "$tmp" "$rc"
@@ -64,10 +66,12 @@ ssh_up() {
     ssh-keygen -q -t ed25519 -N '' -C "clustrix-testcluster" -f "$SSH_DIR/id_ed25519"
   chmod 600 "$SSH_DIR/ssh_host_ed25519_key" "$SSH_DIR/id_ed25519"
   chmod 644 "$SSH_DIR/id_ed25519.pub" "$SSH_DIR/ssh_host_ed25519_key.pub"
-  local hostkey
+  local hostkey port
   hostkey=$(cut -d' ' -f1,2 "$SSH_DIR/ssh_host_ed25519_key.pub")
-  printf '[127.0.0.1]:%s %s\n[localhost]:%s %s\n' "$SSH_PORT" "$hostkey" "$SSH_PORT" "$hostkey" |
-    write_if_changed "$SSH_DIR/known_hosts" 644 || true
+  # Other components' sshds (mfa) serve the same key on ports of their own.
+  for port in "$SSH_PORT" $(extra_ssh_ports); do
+    printf '[127.0.0.1]:%s %s\n[localhost]:%s %s\n' "$port" "$hostkey" "$port" "$hostkey"
+  done | write_if_changed "$SSH_DIR/known_hosts" 644 || true
   ensure_test_user
   # sshd passes the schedulers' settings (every NAME_login_env) to each login.
   local conf_changed=0 login_vars

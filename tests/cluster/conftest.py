@@ -34,6 +34,14 @@ class TestCluster:
     sge: bool
     pbs_bin: str | None
     work_dir: str
+    #: The sshd asking for a one-time code after the key (scripts/testcluster/mfa.sh).
+    mfa_port: int | None = None
+    oath_secret_file: str | None = None
+    oath_users_file: str | None = None
+    totp_step: int = 30
+    totp_window: int = 10
+    #: Where the test cluster's modulefiles are (scripts/testcluster/lmod.sh).
+    modulepath: str | None = None
 
     def settings(self, cluster_type: str, **extra: object) -> dict[str, object]:
         """configure() arguments that reach this cluster as ``cluster_type``."""
@@ -101,6 +109,14 @@ def test_cluster() -> Iterator[TestCluster]:
         sge=values.get("CLUSTRIX_TEST_SGE") == "1",
         pbs_bin=values.get("CLUSTRIX_TEST_PBS_BIN"),
         work_dir=f"~/clustrix-tests/{uuid.uuid4().hex[:8]}",
+        mfa_port=int(values["CLUSTRIX_TEST_MFA_PORT"])
+        if "CLUSTRIX_TEST_MFA_PORT" in values
+        else None,
+        oath_secret_file=values.get("CLUSTRIX_TEST_OATH_SECRET_FILE"),
+        oath_users_file=values.get("CLUSTRIX_TEST_OATH_USERS_FILE"),
+        totp_step=int(values.get("CLUSTRIX_TEST_OATH_TOTP_STEP", "30")),
+        totp_window=int(values.get("CLUSTRIX_TEST_OATH_WINDOW", "10")),
+        modulepath=values.get("CLUSTRIX_TEST_MODULEPATH"),
     )
     yield cluster
     transport = cluster.transport()
