@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import signal
@@ -26,8 +27,12 @@ from .test_ssh_transport import _CHATTY_BEGIN, _CHATTY_BLOCK, _CHATTY_END, host_
 
 @pytest.fixture(autouse=True, scope="module")
 def _masters_end_with_the_tests():
+    # Masters outlive their process (ControlPersist). The shared ones (configure() calls
+    # went through make_transport) end with these tests, and again when the process exits:
+    # a backend kept for later calls may have reconnected meanwhile.
+    atexit.register(openssh.close_all)
     yield
-    openssh.close_all()  # the shared ones: configure() calls went through make_transport
+    openssh.close_all()
 
 
 def transport_for(test_cluster, **kwargs) -> OpenSSHTransport:
