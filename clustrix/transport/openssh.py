@@ -414,9 +414,9 @@ def shared_openssh_transport(
 
 
 def close_all() -> None:
-    """End every shared master of this process."""
+    """End the masters of every shared transport. They stay registered: one still in use
+    (by a backend kept for later calls) opens a new master, which a later call ends."""
     with _transports_lock:
         transports = list(_transports.values())
-        _transports.clear()
     for transport in transports:
         transport.close()
