@@ -21,6 +21,8 @@ from .validation import check_value, parse_text, plain_value
 #: Where calls can run: the local machine, or a scheduler (or plain SSH) of the registry.
 CLUSTER_TYPES = ("local", *SCHEDULERS)
 PLANNED_CLUSTER_TYPES = ("kubernetes",)
+#: How a cluster_host is reached (``make_transport`` in remote/backend.py decides ``auto``).
+SSH_CLIENTS = ("auto", "paramiko", "openssh")
 #: How local calls run (``local_executor``, ``@cluster(executor=...)``, ``LocalExecutor``).
 LOCAL_EXECUTORS = KINDS  # one list, kept with the pools
 
@@ -108,6 +110,14 @@ FIELD_SPECS: dict[str, FieldSpec] = {
         "optional_str",
         "known_hosts file to verify and record host keys (default ~/.ssh/known_hosts).",
     ),
+    "ssh_client": FieldSpec(
+        "choice",
+        "How cluster_host is reached: paramiko (built in, one connection per process), "
+        "openssh (the system ssh with one ControlMaster connection: ProxyCommand, Match, "
+        "certificates, hardware keys, Kerberos, login prompts answered once; no password "
+        "setting), or auto (paramiko, unless the host's ~/.ssh/config entry needs openssh).",
+        choices=SSH_CLIENTS,
+    ),
     "password": FieldSpec(
         "optional_str", "SSH password; prefer keys. Never written by save_config.", secret=True
     ),
@@ -191,6 +201,7 @@ class ClusterConfig:
     key_file: str | None = None
     host_key_policy: str = "strict"
     known_hosts_file: str | None = None
+    ssh_client: str = "auto"
     password: str | None = field(default=None, repr=False)
     default_cores: int = 1
     default_memory: str = "4GB"
