@@ -239,14 +239,24 @@ def check_requirements(requirements: Iterable[str]) -> None:
             )
 
 
-def bootstrap_script(env_dir: str, requirements: tuple[str, ...], setup_lines: list[str]) -> str:
+def bootstrap_script(
+    env_dir: str,
+    requirements: tuple[str, ...],
+    setup_lines: list[str],
+    wheels: str | None = None,
+) -> str:
     """Shell script that builds the venv at ``env_dir`` unless it is ready; prints BUILT/REUSED.
 
-    It runs on the login node (which, unlike compute nodes, usually reaches a package index),
-    under ``flock`` so that concurrent jobs wait for one build instead of racing. The
-    requirements are quoted data for ``printf``, never shell code. The environment is marked
-    ready only once every step succeeded and its Python imports the client's cloudpickle; a
-    failed build is removed, so the next call builds it again.
+    It runs on the login node (which, unlike compute nodes, usually reaches a package index)
+    or, with ``environment_build="job"``, as the body of a build job; either way under
+    ``flock``, so that concurrent builds of one key wait for one build instead of racing. The
+    requirements are quoted data for ``printf``, never shell code. With ``wheels`` (a folder
+    of wheels shipped by the client) nothing is fetched from an index. The environment is
+    marked ready only once every step succeeded and its Python imports the client's
+    cloudpickle; a failed build is removed, so the next call builds it again.
+
+    Exit codes: 0 (ready), 95 (could not mark it ready), 96 (the build failed; the end of its
+    log on stderr), 97 (no Python of the client's version), 98 (timed out on the lock).
     """
     check_requirements(requirements)
     return "\n".join(
@@ -254,6 +264,7 @@ def bootstrap_script(env_dir: str, requirements: tuple[str, ...], setup_lines: l
             "set -u",
             *setup_lines,
             f"env_dir={shlex.quote(env_dir)}",
+            *([f"wheels={shlex.quote(wheels)}"] if wheels else []),
             'log="$env_dir.log"',
             'mkdir -p -m 700 "$(dirname "$env_dir")"',
             'if [ -e "$env_dir/.clustrix-ready" ]; then echo REUSED; exit 0; fi',
@@ -262,9 +273,9 @@ def bootstrap_script(env_dir: str, requirements: tuple[str, ...], setup_lines: l
             '  echo "timed out waiting for $env_dir.lock" >&2; exit 98',
             "fi",
             'if [ -e "$env_dir/.clustrix-ready" ]; then echo REUSED; exit 0; fi',
-            *_find_python_lines(),
+            *find_python_lines(),
             'rm -rf "$env_dir"',
-            *_build_lines(requirements),
+            *_build_lines(requirements, offline=wheels is not None),
             "status=$?",
             'if [ "$status" -ne 0 ]; then tail -n 40 "$log" >&2; rm -rf "$env_dir"; exit 96; fi',
             'if ! date -u +%FT%TZ > "$env_dir/.clustrix-ready"; then',
@@ -275,8 +286,9 @@ def bootstrap_script(env_dir: str, requirements: tuple[str, ...], setup_lines: l
     )
 
 
-def _find_python_lines() -> list[str]:
-    """Shell lines setting ``$python`` to an interpreter of the client's minor version."""
+def find_python_lines() -> list[str]:
+    """Shell lines setting ``$python`` to an interpreter of the client's minor version, or
+    exiting with 97 and a message saying what to do."""
     wanted = shlex.quote(python_version())
     return [
         "python=",
@@ -294,21 +306,27 @@ def _find_python_lines() -> list[str]:
     ]
 
 
-def _build_lines(requirements: tuple[str, ...]) -> list[str]:
-    """A subshell with ``set -e`` that builds the venv: the first step that fails ends it."""
+def _build_lines(requirements: tuple[str, ...], *, offline: bool) -> list[str]:
+    """A subshell with ``set -e`` that builds the venv: the first step that fails ends it.
+
+    ``offline``: install only from the shipped wheels in ``$wheels``, never from an index.
+    """
     quoted_requirements = " ".join(shlex.quote(r) for r in requirements)
+    source = ' --no-index --find-links "$wheels"' if offline else ""
     return [
         "(",
         "  set -e",
-        '  echo "building $env_dir with $python"',
+        # Where and how it was built, for whoever reads the log: a build job names itself.
+        '  echo "building $env_dir with $python on $(hostname)'
+        '${CLUSTRIX_BUILD_JOB:+ in job $CLUSTRIX_BUILD_JOB}"',
         f"  printf '%s\\n' {quoted_requirements} > \"$env_dir.requirements.txt\"",
         "  if command -v uv >/dev/null 2>&1; then",
         '    uv venv --python "$python" "$env_dir"',
-        '    uv pip install --python "$env_dir/bin/python" -r "$env_dir.requirements.txt"',
+        f'    uv pip install --python "$env_dir/bin/python"{source} -r "$env_dir.requirements.txt"',
         "  else",
         '    "$python" -m venv "$env_dir"',
         '    "$env_dir/bin/python" -m pip install --disable-pip-version-check -q'
-        ' -r "$env_dir.requirements.txt"',
+        f'{source} -r "$env_dir.requirements.txt"',
         "  fi",
         f'  "$env_dir/bin/python" -c {shlex.quote(_RUNNER_CHECK)} '
         f"{shlex.quote(cloudpickle.__version__)}",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,7 @@ import pytest
 import yaml
 
 from clustrix import ConfigError, cluster
+from clustrix.config import ClusterConfig
 from clustrix.environment import (
     bootstrap_script,
     classify_modules,
@@ -24,7 +27,16 @@ from clustrix.environment import (
     python_version,
     runner_requirement,
 )
+from clustrix.errors import EnvironmentSetupError
 from clustrix.payload import pickling_for_remote_job
+from clustrix.wheels import (
+    RemotePlatform,
+    download_wheels,
+    index_hint,
+    parse_probe,
+    pip_download_command,
+    probe_script,
+)
 
 
 def uses_numpy_and_yaml(x):
@@ -241,3 +253,147 @@ def test_requirements_that_are_not_one_line_are_refused_before_anything_runs(req
         )
     assert info.value.field == "environment"
     assert repr(requirement) in str(info.value)
+
+
+# ---------------------------------------------------------------------- where and from what
+
+
+def test_a_build_from_shipped_wheels_never_asks_an_index():
+    offline = bootstrap_script("/w/envs/k", ("six==1.16.0",), [], wheels="/w/envs/k.build-1/w s")
+    assert "wheels='/w/envs/k.build-1/w s'" in offline
+    assert offline.count('--no-index --find-links "$wheels"') == 2  # uv and pip alike
+    subprocess.run(["bash", "-n", "-c", offline], check=True)
+    online = bootstrap_script("/w/envs/k", ("six==1.16.0",), [])
+    assert "--no-index" not in online and "wheels=" not in online
+
+
+def test_the_settings_take_only_known_places():
+    assert ClusterConfig().environment_build == "login"
+    assert ClusterConfig().package_source == "index"
+    with pytest.raises(ConfigError, match="environment_build"):
+        ClusterConfig(environment_build="compute")
+    with pytest.raises(ConfigError, match="package_source"):
+        ClusterConfig(package_source="offline")
+
+
+def _build_job_script(cluster_type: str) -> str:
+    from clustrix.remote.buildjobs import BuildJob, build_resources
+    from clustrix.schedulers import ScriptContext, scheduler_for
+
+    scheduler = scheduler_for(cluster_type)
+    job = BuildJob(None, scheduler, "/w/envs/k", "/w/envs/k.build-1")  # type: ignore[arg-type]
+    context = ScriptContext("clustrix-env-k", "/w/envs/k.build-1", "", account="acct", qos="q1")
+    return job.job_script(build_resources("short", "serial.q"), context)
+
+
+def test_a_slurm_build_job_asks_for_little_and_runs_the_bootstrap():
+    script = _build_job_script("slurm")
+    for directive in (
+        "--cpus-per-task=1",
+        "--mem=2048M",
+        "--time=00:30:00",
+        "--partition=short",
+        "--account=acct",
+        "--qos=q1",
+        "--output=scheduler.log",
+    ):
+        assert f"#SBATCH {directive}\n" in script
+    assert "--array" not in script
+    body = script.split("\ncd ", 1)[1]
+    assert 'export CLUSTRIX_BUILD_JOB="${SLURM_JOB_ID:-}"' in body
+    assert "bash bootstrap.sh > build.out 2> build.err\n" in body
+    assert body.rstrip().endswith("mv build.exit.part build.exit")
+    subprocess.run(["bash", "-n", "-c", script], check=True)
+
+
+def test_an_sge_build_job_uses_the_queue_and_names_itself():
+    from clustrix.schedulers import ScriptContext, scheduler_for
+
+    script = _build_job_script("sge")
+    assert "#$ -q serial.q\n" in script and "#$ -l h_rt=00:30:00\n" in script
+    assert 'CLUSTRIX_BUILD_JOB="${JOB_ID:-}"' in script
+    context = ScriptContext("clustrix-env-k", "/w", "")
+    assert "-N clustrix-env-k " in scheduler_for("sge").submit_command("build.sh", context)
+
+
+def _platform(machine="x86_64", libc="glibc", version="2.36"):
+    return RemotePlatform(machine, libc, version, "cpython", python_version())
+
+
+def test_platform_tags_follow_pep_600_and_the_legacy_names():
+    tags = _platform().platform_tags()
+    assert tags[0] == "manylinux_2_36_x86_64" and tags[-1] == "manylinux1_x86_64"
+    assert {"manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64"} <= set(tags)
+    assert "linux_x86_64" not in tags  # built for one machine, not for the cluster
+    arm = _platform("aarch64", version="2.28").platform_tags()
+    assert arm[0] == "manylinux_2_28_aarch64" and arm[-2:] == [
+        "manylinux_2_17_aarch64",
+        "manylinux2014_aarch64",
+    ]
+    assert _platform().name == f"cp{python_version().replace('.', '')}-manylinux_2_36_x86_64"
+    with pytest.raises(EnvironmentSetupError, match="needs a Linux cluster with glibc"):
+        _platform(libc="", version="").platform_tags()
+
+
+def test_the_probe_finds_this_machines_platform_or_a_ready_environment(tmp_path):
+    env_dir = tmp_path / "envs" / "k"
+    script = probe_script(str(env_dir), ["echo a setup command talks"])
+    path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    output = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env={"PATH": path}, check=True
+    ).stdout
+    found = parse_probe(output)
+    assert found is not None and found.python == python_version()
+    assert found.machine == platform.machine() and found.implementation == "cpython"
+    (env_dir).mkdir(parents=True)
+    (env_dir / ".clustrix-ready").write_text("")
+    again = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert parse_probe(again.stdout) is None
+    with pytest.raises(EnvironmentSetupError, match="could not tell the cluster's platform"):
+        parse_probe("bash: python3: command not found\n")
+
+
+def test_pip_download_asks_for_wheels_of_the_clusters_platform_and_python(tmp_path):
+    command = pip_download_command(
+        _platform(), tmp_path / "req.txt", tmp_path / "dest", tmp_path / "cache"
+    )
+    assert command[:4] == [sys.executable, "-m", "pip", "download"]
+    text = " ".join(command)
+    assert "--only-binary=:all:" in command
+    assert f"--implementation cp --python-version {python_version()}" in text
+    assert "--platform manylinux_2_36_x86_64 --platform manylinux_2_35_x86_64" in text
+    assert f"--find-links {tmp_path / 'cache'} --dest {tmp_path / 'dest'}" in text
+    assert command[-2:] == ["-r", str(tmp_path / "req.txt")]
+
+
+def test_a_requirement_without_a_wheel_is_named_with_what_to_do(tmp_path, monkeypatch):
+    # pip with no index at all (and no configuration): nothing can be found anywhere.
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(EnvironmentSetupError) as info:
+        download_wheels(["clustrix-no-wheel-xyz==1.0"], _platform(), "k1", str(tmp_path / "c"))
+    message = str(info.value)
+    assert "no wheel of clustrix-no-wheel-xyz==1.0" in message
+    assert "manylinux_2_36_x86_64" in message and "build a wheel" in message
+    assert "package_source='index'" in message
+
+
+def test_downloaded_wheel_sets_are_reused_without_pip(tmp_path, monkeypatch):
+    cache = tmp_path / "cache" / _platform().name
+    (cache / "sets").mkdir(parents=True)
+    (cache / "six-1.16.0-py2.py3-none-any.whl").write_bytes(b"wheel")
+    (cache / "sets" / "k2").write_text("six-1.16.0-py2.py3-none-any.whl\n")
+
+    def no_pip(*args, **kwargs):
+        raise AssertionError("pip ran although the set was cached")
+
+    monkeypatch.setattr(subprocess, "run", no_pip)
+    wheels = download_wheels(["six==1.16.0"], _platform(), "k2", str(tmp_path / "cache"))
+    assert wheels == {"six-1.16.0-py2.py3-none-any.whl": b"wheel"}
+
+
+def test_a_build_failing_for_want_of_an_index_suggests_shipping_wheels():
+    log = "ERROR: No matching distribution found for six==1.16.0"
+    assert "package_source='client'" in index_hint(log, "index")
+    assert index_hint(log, "client") == "" and index_hint("SyntaxError", "index") == ""

@@ -133,6 +133,20 @@ FIELD_SPECS: dict[str, FieldSpec] = {
         "str", "Folder for job files on the cluster; under home, which compute nodes share."
     ),
     "conda_env_name": FieldSpec("optional_str", "Existing conda environment to run jobs in."),
+    "environment_build": FieldSpec(
+        "choice",
+        "Where a job's Python environment is built: on the login node (login), or in a short "
+        "scheduler job of its own (job: 1 core, 2GB, 30 minutes; on cluster_type 'ssh', a "
+        "background process on the host) for sites that forbid builds on login nodes.",
+        choices=("login", "job"),
+    ),
+    "package_source": FieldSpec(
+        "choice",
+        "Where an environment build gets its packages: the cluster's pip or uv reaches a "
+        "package index (index), or the client downloads wheels for the cluster's platform and "
+        "ships them with the build (client), for clusters without internet access.",
+        choices=("index", "client"),
+    ),
     "python_executable": FieldSpec("optional_str", "Existing Python interpreter to run jobs with."),
     "auto_parallel": FieldSpec("bool", "Default for @cluster(parallel=...): spread safe loops."),
     "max_parallel_jobs": FieldSpec(
@@ -213,6 +227,8 @@ class ClusterConfig:
     qos: str | None = None
     remote_work_dir: str = "~/clustrix"
     conda_env_name: str | None = None
+    environment_build: str = "login"
+    package_source: str = "index"
     python_executable: str | None = None
     auto_parallel: bool = False
     max_parallel_jobs: int = 100

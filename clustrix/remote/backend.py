@@ -71,7 +71,9 @@ class ClusterBackend:
         self._max_array: int | None = None
         self._stores: dict[str, JobStore] = {}
         self._lock = threading.Lock()
-        self.staging = Stager(transport, scheduler, Environments(transport), self.connection)
+        self.staging = Stager(
+            transport, scheduler, Environments(transport, scheduler), self.connection
+        )
         self.outcomes = Outcomes(scheduler, transport.where, self.fetch)
         self.poller = Poller(transport, scheduler, self._apply_check, self._give_up)
 

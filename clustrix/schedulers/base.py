@@ -152,6 +152,8 @@ class Scheduler:
     #: from ``array_base``.
     array_index_expression: ClassVar[str] = "0"
     array_base: ClassVar[int] = 0
+    #: The variable holding the job's own id inside a job (empty: there is none).
+    job_id_variable: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ hooks
 
@@ -311,6 +313,21 @@ class Scheduler:
                 context.pre_execution_commands,
             ),
             self.task_launch(resources, context),
+        ]
+        self._check_body("\n".join(body))
+        return "\n".join(["#!/bin/bash", *self.directive_lines(resources, context), *body]) + "\n"
+
+    def render_command_script(
+        self, resources: Resources, context: ScriptContext, commands: list[str]
+    ) -> str:
+        """A job script that runs shell ``commands`` in ``context.job_dir`` (not the runner):
+        the directives of ``resources`` and ``context`` (one task, no array), then the
+        commands. Used for environment builds run as jobs. Raises ConfigError as
+        ``render_script`` does."""
+        body = [
+            f"# {self.name} job written by clustrix",
+            f"cd {shlex.quote(context.job_dir)}",
+            *commands,
         ]
         self._check_body("\n".join(body))
         return "\n".join(["#!/bin/bash", *self.directive_lines(resources, context), *body]) + "\n"

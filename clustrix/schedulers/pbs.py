@@ -104,6 +104,7 @@ class PbsScheduler(Scheduler):
     name = "pbs"
     directive_prefix = "#PBS"
     supports_arrays = True
+    job_id_variable = "PBS_JOBID"
     array_index_expression = "${PBS_ARRAY_INDEX:-${PBS_ARRAYID:-$SLURM_ARRAY_TASK_ID}}"
     array_base = 0
     flag_options = _FLAGS

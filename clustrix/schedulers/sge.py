@@ -80,6 +80,7 @@ class SgeScheduler(Scheduler):
 
     directive_prefix = "#$"
     supports_arrays = True
+    job_id_variable = "JOB_ID"
     array_index_expression = "$SGE_TASK_ID"
     array_base = 1
     option_help: ClassVar[dict[str, str]] = {

@@ -66,6 +66,7 @@ class SlurmScheduler(Scheduler):
 
     directive_prefix = "#SBATCH"
     supports_arrays = True
+    job_id_variable = "SLURM_JOB_ID"
     array_index_expression = "$SLURM_ARRAY_TASK_ID"
     option_help: ClassVar[dict[str, str]] = {
         "constraint": "node features required (--constraint)",
