@@ -85,14 +85,20 @@ def timed_call(x):
     import subprocess
 
     job = os.environ["SLURM_JOB_ID"]
-    left = subprocess.run(
-        ["squeue", "--noheader", "--jobs", job, "--format=%L"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
+    answers = []
+    for _ in range(3):  # a busy slurmctld may not answer at once
+        answer = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job, "--format=%L"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        answers.append(answer.stdout.strip() or answer.stderr.strip())
+        if answer.stdout.split():
+            break
     time.sleep(3)
-    return x * 2, _scheduler_job(), left[0] if left else ""
+    left = answers[-1].split()
+    return x * 2, _scheduler_job(), left[0] if left and left[0][:1].isdigit() else answers
 
 
 @cluster(time="00:05:00")
@@ -416,21 +422,22 @@ def test_a_worker_cancelled_mid_call_without_retries_fails_it(on_slurm, shell):
 
 
 @pytest.mark.timeout(300)
-def test_workers_near_their_walltime_are_replaced_while_work_remains(on_slurm, shell):
+def test_workers_near_their_walltime_are_replaced_while_work_remains(on_slurm, caplog):
     # Walltime 90 s, less a margin of 9 s: a worker starts a 20 s call only in its first
     # 61 s. 48 calls of 3 s are 72 s of work per worker, more than that, so the pool must
     # replace its workers; every call must start with its 20 s still ahead of it.
+    caplog.set_level(logging.INFO, logger="clustrix")
     count = 48
     with _pool(workers=2, memory="500MB", time="00:01:30", idle_timeout="00:00:15") as pool:
         outcomes = timed_call.map(range(count))
         worker_ids = _worker_scheduler_ids(pool)
     assert [value for value, _, _ in outcomes] == [2 * x for x in range(count)]
     ran_on = {job for _, job, _ in outcomes}
-    assert len(ran_on) > 2, f"no replacement worker ran a call: {sorted(ran_on)}"
-    assert {job.split("_")[0] for job in ran_on} <= worker_ids
+    assert len(ran_on) > 2, f"no replacement worker ran a call: {outcomes}"
+    assert {job.split("_")[0] for job in ran_on} <= worker_ids, (worker_ids, outcomes)
     assert len(worker_ids) >= 2, "replacements are jobs of their own"
     for _, job, left in outcomes:
-        assert left[:1].isdigit(), f"squeue gave no time left for {job}: {left!r}"
+        assert isinstance(left, str), f"squeue gave no time left for {job}: {left!r}"
         assert _time_left(left) >= 20, f"a 20 s call started on {job} with {left} left"
 
 
