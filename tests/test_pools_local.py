@@ -79,3 +79,15 @@ def test_a_pool_without_a_block_runs_what_is_submitted_until_shut_down(local):
     pool.shutdown()  # a second time does nothing
     with pytest.raises(RuntimeError):
         pool.submit(sleep_then, 0, "value")
+
+
+def test_cancelled_calls_are_not_counted_as_done(local):
+    with clustrix.pool(workers=1) as pool:
+        first = pool.submit(sleep_then, 1.0, "ran")
+        queued = [pool.submit(sleep_then, 1.0, n) for n in range(4)]
+        cancelled = sum(future.cancel() for future in queued)
+        assert first.result(timeout=60) == "ran"
+        assert cancelled >= 1
+        done = [f for f in queued if not f.cancelled()]
+        cf.wait(done, timeout=60)
+        assert pool.status()["calls_done"] == 1 + len(done)

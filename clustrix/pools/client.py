@@ -116,8 +116,8 @@ class WorkerPool(cf.Executor):
             requested=frozenset(n for n in RESOURCE_ARGUMENTS if n in checked),
         )
         self.size = workers
-        self._active = False
         self._shutdown = False
+        self._closed = False
         self._lock = threading.Lock()
         if config.cluster_type == "local":
             self._workers: Any = LocalWorkers(config, workers)
@@ -182,17 +182,34 @@ class WorkerPool(cf.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the pool: its worker jobs are cancelled and its folder removed.
 
-        ``wait`` waits for the calls given to it first; ``cancel_futures`` cancels those not
-        started yet instead.
+        As with ``concurrent.futures``: ``wait`` returns once the calls given to the pool have
+        finished and the pool is stopped; without it, the call returns at once and the pool
+        stops once they have finished. ``cancel_futures`` cancels the calls not finished
+        instead, and stops the pool at once.
         """
         with self._lock:
             if self._shutdown:
                 return
             self._shutdown = True
         routing.deactivate(self._workers)
-        if wait and not cancel_futures:
+        if cancel_futures:
+            self._close(cancel=True)
+        elif wait:
             self._workers.wait()
-        self._workers.close(cancel=cancel_futures)
+            self._close(cancel=False)
+        else:
+            threading.Thread(target=self._finish, name="clustrix-pool-closing", daemon=True).start()
+
+    def _finish(self) -> None:
+        self._workers.wait()
+        self._close(cancel=False)
+
+    def _close(self, *, cancel: bool) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._workers.close(cancel=cancel)
         _open.discard(self)
 
     def __enter__(self) -> WorkerPool:
@@ -207,7 +224,9 @@ class WorkerPool(cf.Executor):
     # ------------------------------------------------------------------ looking at it
 
     def status(self) -> dict[str, Any]:
-        """``{"workers", "busy", "idle", "time_left" (s), "calls_done", "waiting"}`` now."""
+        """``{"workers", "busy", "idle", "time_left" (s), "calls_done", "pending"}`` now:
+        ``pending`` counts the calls given to the pool and not finished (queued or running);
+        the worker figures come from heartbeats written every second."""
         return self._workers.status()
 
     def _check_open(self) -> None:
@@ -225,3 +244,4 @@ def _stop_open_pools() -> None:
     """A pool left open when the program ends is stopped, so its workers do not idle on."""
     for open_pool in list(_open):
         open_pool.shutdown(wait=False, cancel_futures=True)
+        open_pool._close(cancel=True)  # one shut down without waiting, still finishing

@@ -471,10 +471,10 @@ class ClusterWorkers:
 
     def status(self) -> dict[str, Any]:
         """Workers, busy, idle, walltime left (seconds, the most of any), calls done and
-        calls waiting."""
+        calls pending (given to the pool and not finished: queued or running)."""
         with self._lock:
-            waiting = sum(len(task.futures) for task in self.tasks.values())
-        return summarise(self.workers.live_statuses(), calls_done=self.calls_done, waiting=waiting)
+            pending = sum(len(task.futures) for task in self.tasks.values())
+        return summarise(self.workers.live_statuses(), calls_done=self.calls_done, pending=pending)
 
 
 def summarise(statuses: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

@@ -60,8 +60,9 @@ class LocalWorkers:
             future.add_done_callback(self._count)
         return submitted
 
-    def _count(self, _: Any) -> None:
-        self.calls_done += 1
+    def _count(self, future: Any) -> None:
+        if not future.cancelled():
+            self.calls_done += 1
 
     def wait(self) -> None:
         """Nothing to wait for beyond the futures themselves (see ``WorkerPool.shutdown``)."""
@@ -76,5 +77,6 @@ class LocalWorkers:
             "idle": None,
             "time_left": None,
             "calls_done": self.calls_done,
+            "pending": None,
             "host": os.uname().nodename,
         }

@@ -490,6 +490,25 @@ def test_leaving_the_block_empties_the_queue_and_removes_the_folder(on_slurm, sh
     assert future.result(timeout=300) == 6
 
 
+def test_shutdown_without_waiting_lets_running_calls_finish_then_stops(on_slurm, shell):
+    """As concurrent.futures has it: shutdown(wait=False) returns at once, calls already
+    given to the pool still finish, and the pool stops afterwards."""
+    work_dir = _work_dir(on_slurm, shell)
+    pool = clustrix.pool(workers=1, **POOL)
+    folder = _pool_folder(on_slurm, shell, pool)
+    try:
+        assert pool.submit(sleep_then, 0, "warm").result(timeout=300) == "warm"
+        future = pool.submit(sleep_then, 3, "finished")
+        started = time.monotonic()
+        pool.shutdown(wait=False)
+        assert time.monotonic() - started < 2, "shutdown(wait=False) returns at once"
+        assert future.result(timeout=120) == "finished"
+        assert wait_for(lambda: not _session_jobs(shell, work_dir), 30)
+        assert wait_for(lambda: not _exists(shell, folder), 30)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 # ---------------------------------------------------------------------- SGE and plain SSH
 
 
