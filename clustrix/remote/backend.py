@@ -177,6 +177,8 @@ class ClusterBackend:
             job.folder,
         )
         self.poller.track(job)
+        if prepared.pipeline is not None:
+            prepared.pipeline.watch(job, prepared.per_task, self.fail_tasks)
         if interrupted:
             if config.cancel_on_interrupt:
                 self.cancel_job(job)
@@ -227,9 +229,10 @@ class ClusterBackend:
         tasks = []
         for index, size in enumerate(task_sizes):
             futures = []
-            for _ in range(size):
+            for position in range(size):
                 future = ClusterFuture(name, backend_name)
                 future.job_id, future.remote_folder = job_id, folder
+                future.task_index, future.position = index, position
                 futures.append(future)
             tasks.append(Task(index=index, futures=futures))
         job = ClusterJob(
@@ -247,6 +250,7 @@ class ClusterBackend:
         )
         for task in tasks:
             for future in task.futures:
+                future.job = job
                 future.bind_cancel(lambda task=task: self.cancel_tasks(job, [task]))
                 future.bind_logs(lambda stream, task=task: self.read_log(job, task, stream))
         return job
@@ -265,6 +269,7 @@ class ClusterBackend:
         job = self._new_job(
             record.job_id, record.remote_folder, record.function, None, record.task_sizes, config, 0
         )
+        job.depends_on = list(record.depends_on)
         for values in record.submissions:
             submission = Submission(**values)
             for task in job.tasks[submission.offset : submission.offset + submission.count]:
@@ -345,7 +350,14 @@ class ClusterBackend:
         recorded = job.store.update(
             job.job_id, state=state, finished=time.time(), failed_items=failed
         )
-        if recorded and state == "COMPLETED" and job.cleanup_on_success:
+        if (
+            recorded
+            and state == "COMPLETED"
+            and job.cleanup_on_success
+            # Jobs of a pipeline read this folder: it stays while they exist.
+            and not job.store.dependents(job.job_id)
+            and job.release_folder()
+        ):
             self.remove_folder(job.folder)
             job.store.update(job.job_id, message="result delivered; remote folder removed")
 
@@ -401,6 +413,26 @@ class ClusterBackend:
         logger.info("cancelled %s task(s) of job %s", len(tasks), job.job_id)
         self._finish_if_done(job)
         return True
+
+    def fail_tasks(self, job: ClusterJob, tasks: list[Task], error: Exception) -> None:
+        """Fail unfinished tasks with ``error`` and take them off the queue (their upstream
+        failed: they could only fail)."""
+        tasks = [task for task in tasks if not task.done]
+        if not tasks:
+            return
+        elements = []
+        for task in tasks:
+            task.done = True
+            if task.submission is not None:
+                elements.append(task.submission.element_id(task.index, self.scheduler.array_base))
+        job.any_failed = True
+        if elements:
+            self.transport.run(self.scheduler.cancel_command(sorted(set(elements))), check=False)
+        settling = [(future, False, error) for task in tasks for future in task.futures]
+        logger.info("job %s: %d task(s) failed with their upstream", job.job_id, len(tasks))
+        self._finish_if_done(job, settling)
+        for future, ok, value in settling:
+            settle(future, ok, value)
 
     def cancel_job(self, job: ClusterJob) -> bool:
         return self.cancel_tasks(job, job.tasks)
