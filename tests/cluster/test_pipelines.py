@@ -81,7 +81,7 @@ def test_a_pipeline_submitted_by_a_process_that_exits_is_collected_by_another(on
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    first, second, third, job_id = done.stdout.split()
+    _, second, third, job_id = done.stdout.split()
     transport = on_slurm.transport()
     queue = output_of(
         transport, f"squeue --noheader --array --format='%i %T %r' -j {second},{third}"
