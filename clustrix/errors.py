@@ -184,6 +184,29 @@ class PayloadError(JobFailedError):
     """The job could not load the function or its arguments (a module missing there, say)."""
 
 
+class DependencyFailedError(JobFailedError):
+    """A call of a pipeline could not run because a call it takes a value from failed.
+
+    ``upstream_job_id`` is Clustrix's id of the job whose result was passed on,
+    ``item`` the position of the failed call in it (None when unknown: the whole job was
+    lost), and ``upstream_error`` that call's error as text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_job_id: str | None = None,
+        item: int | None = None,
+        upstream_error: str = "",
+        **details: Any,
+    ) -> None:
+        super().__init__(message, **details)
+        self.upstream_job_id = upstream_job_id
+        self.item = item
+        self.upstream_error = upstream_error
+
+
 # Failure kinds the runner reports by name, because it cannot import this module.
 RUNNER_FAILURES: dict[str, type[JobFailedError]] = {
     "clustrix.VersionMismatchError": VersionMismatchError,

@@ -27,6 +27,11 @@ class ClusterFuture(Future):
         self.job_id: str | None = None
         self.scheduler_id: str | None = None
         self.remote_folder: str | None = None
+        #: For remote jobs: the array task running the call, the call's place in that
+        #: task's batch, and the tracked job (what a pipeline needs to wait on the call).
+        self.task_index: int | None = None
+        self.position = 0
+        self.job: Any = None
         #: For remote jobs: which environment ran the call and whether it had to be built.
         self.environment: Any = None
         self._cancel_job: Callable[[], bool] | None = None

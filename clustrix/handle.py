@@ -47,6 +47,7 @@ class Job:
         lambda self: self._record.remote_folder, doc="The job folder on the cluster."
     )
     items = property(lambda self: self._record.items, doc="How many calls the job holds.")
+    store = property(lambda self: self._store, doc="The job store holding the job's record.")
     state = property(
         lambda self: self.record.state,
         doc="The recorded state, as of the last check; ``status()`` asks the cluster.",

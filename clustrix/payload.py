@@ -18,6 +18,7 @@ import cloudpickle
 
 from .errors import (
     RUNNER_FAILURES,
+    DependencyFailedError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
@@ -158,7 +159,17 @@ def exception_from_failure(
             host=host,
         )
     elif exc is None:
-        if failure["type"] == "clustrix.SerializationError":
+        if failure["type"] == "clustrix.DependencyFailedError":
+            upstream = failure.get("upstream") or {}
+            error = DependencyFailedError(
+                f"{failure['message']} (in {where})",
+                upstream_job_id=upstream.get("job_id"),
+                item=upstream.get("item"),
+                upstream_error=upstream.get("error", ""),
+                state="FAILED",
+                host=host,
+            )
+        elif failure["type"] == "clustrix.SerializationError":
             error = SerializationError(f"{failure['message']} (in {where})")
         elif failure["type"] in RUNNER_FAILURES:
             error = RUNNER_FAILURES[failure["type"]](

@@ -30,6 +30,7 @@ import socket
 import sys
 import time
 import traceback
+import types
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,82 @@ def _failure(exc: BaseException, exit_code: int | None = None) -> dict[str, Any]
     }
 
 
-def run_calls(func: Any, calls: list[tuple[tuple, dict]]) -> dict[str, Any]:
-    """Run calls in order; whatever happens, describe each outcome instead of raising."""
+#: The attribute of a ``types.SimpleNamespace`` that stands, in a call's arguments, for the
+#: value of a call of another job (a pipeline): ``{"job_id", "folder", "result", "position",
+#: "item"}``, the upstream job, its folder, the result file of the task that ran the call and
+#: the call's place in that file's batch and in its job. A stdlib type, so that the node
+#: needs no Clustrix class to unpickle it; the client writes it (clustrix.remote.dependencies).
+UPSTREAM_KEY = "clustrix_upstream"
+
+
+class UpstreamFailed(Exception):
+    """A call's upstream value is not there: the call fails with this failure instead."""
+
+    def __init__(self, failure: dict[str, Any]) -> None:
+        super().__init__(failure["message"])
+        self.failure = failure
+
+
+def _upstream_failure(reference: dict[str, Any], error: str) -> UpstreamFailed:
+    item = reference.get("item")
+    return UpstreamFailed(
+        {
+            "exception": None,
+            "type": "clustrix.DependencyFailedError",
+            "message": f"upstream job {reference['job_id']} (item {item}) {error}",
+            "traceback": "",
+            "exit_code": None,
+            "upstream": {"job_id": reference["job_id"], "item": item, "error": error},
+        }
+    )
+
+
+def _upstream_value(reference: dict[str, Any], batches: dict[str, Any]) -> Any:
+    """The value of an upstream call, read from its job's result file (each file once)."""
+    path = os.path.join(reference["folder"], reference["result"])
+    if path not in batches:
+        try:
+            with open(path, "rb") as handle:
+                batches[path] = cloudpickle.load(handle)
+        except OSError as exc:
+            raise _upstream_failure(reference, f"left no result ({exc.strerror})") from None
+    ok, value = batches[path]["outcomes"][reference["position"]]
+    if not ok:
+        raise _upstream_failure(reference, f"failed: {value['type']}: {value['message']}")
+    return value
+
+
+def resolve_upstream(value: Any, batches: dict[str, Any]) -> Any:
+    """``value`` with every upstream reference replaced by its value, also inside lists,
+    tuples and dicts (their exact types: subclasses are the user's and kept as they are).
+    Raises UpstreamFailed for a reference whose call failed or left no result."""
+    if type(value) is types.SimpleNamespace and hasattr(value, UPSTREAM_KEY):
+        return _upstream_value(getattr(value, UPSTREAM_KEY), batches)
+    if type(value) is list:
+        return [resolve_upstream(item, batches) for item in value]
+    if type(value) is tuple:
+        return tuple(resolve_upstream(item, batches) for item in value)
+    if type(value) is dict:
+        return {key: resolve_upstream(item, batches) for key, item in value.items()}
+    return value
+
+
+def run_calls(func: Any, calls: list[tuple[tuple, dict]], upstream: bool = False) -> dict[str, Any]:
+    """Run calls in order; whatever happens, describe each outcome instead of raising.
+
+    ``upstream``: the arguments may hold upstream references (``resolve_upstream``); a call
+    whose upstream failed fails with that, without running.
+    """
     started = time.time()
     outcomes: list[tuple[bool, Any]] = []
+    batches: dict[str, Any] = {}
     for args, kwargs in calls:
         try:
+            if upstream:
+                args, kwargs = resolve_upstream((args, kwargs), batches)
             outcomes.append((True, func(*args, **kwargs)))
+        except UpstreamFailed as exc:
+            outcomes.append((False, exc.failure))
         except SystemExit as exc:
             # Re-raising SystemExit on the client would end the caller's program; report it.
             code = exc.code if isinstance(exc.code, int) else 1
@@ -134,7 +204,10 @@ def run_pickled_batch(function_bytes: bytes, calls_bytes: bytes) -> bytes:
 
     Batching lets thousands of tiny calls share one round trip to a worker.
     """
-    return dump_batch(run_calls(_load_function(function_bytes), cloudpickle.loads(calls_bytes)))
+    # Only payloads that name the marker can hold upstream references: others skip the walk.
+    upstream = UPSTREAM_KEY.encode() in calls_bytes
+    calls = cloudpickle.loads(calls_bytes)
+    return dump_batch(run_calls(_load_function(function_bytes), calls, upstream))
 
 
 # --------------------------------------------------------------------------- as a script

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     failed_items INTEGER NOT NULL DEFAULT 0,
     message TEXT NOT NULL DEFAULT '',
     parts TEXT NOT NULL DEFAULT '[]',
-    submitter TEXT NOT NULL DEFAULT '{}'
+    submitter TEXT NOT NULL DEFAULT '{}',
+    depends_on TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
@@ -66,8 +67,9 @@ CREATE TABLE IF NOT EXISTS pools (
 _ADDED_COLUMNS = {
     "parts": "TEXT NOT NULL DEFAULT '[]'",
     "submitter": "TEXT NOT NULL DEFAULT '{}'",
+    "depends_on": "TEXT NOT NULL DEFAULT '[]'",
 }
-_JSON_COLUMNS = ("task_sizes", "connection", "submissions", "parts", "submitter")
+_JSON_COLUMNS = ("task_sizes", "connection", "submissions", "parts", "submitter", "depends_on")
 _POOL_JSON_COLUMNS = ("settings", "connection", "worker_jobs", "owner")
 #: A pool's states: starting its workers, open for calls, stopped (by its owner or
 #: ``clustrix pool stop``); a pool whose owner died stays RUNNING until its workers idle out.
@@ -98,6 +100,8 @@ class JobRecord:
     parts: list[dict[str, Any]] = field(default_factory=list)
     #: The process that submitted the job: ``{"host", "pid", "started"}``.
     submitter: dict[str, Any] = field(default_factory=dict)
+    #: Clustrix ids of the jobs this one takes values from (a pipeline), which it waits for.
+    depends_on: list[str] = field(default_factory=list)
 
     @property
     def scheduler_ids(self) -> list[str]:
@@ -300,6 +304,15 @@ class JobStore:
         with self._connect() as connection:
             rows = connection.execute(query, parameters).fetchall()
         return [_record(row) for row in rows]
+
+    def dependents(self, job_id: str) -> list[str]:
+        """Ids of the jobs that take values from ``job_id`` (read its folder)."""
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT job_id, depends_on FROM jobs WHERE instr(depends_on, ?) > 0",
+                (json.dumps(job_id),),
+            ).fetchall()
+        return [row["job_id"] for row in rows if job_id in json.loads(row["depends_on"])]
 
     def delete(self, job_ids: Iterable[str]) -> None:
         with self._connect() as connection:

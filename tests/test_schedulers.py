@@ -257,3 +257,29 @@ def test_every_directive_is_checked_before_it_is_written():
 
     with pytest.raises(ConfigError, match="directive '--comment=a\\\\ntouch /tmp/marker'"):
         Careless().render_script(Resources.parse(), context(job_name="a\ntouch /tmp/marker"))
+
+
+# ---------------------------------------------------------------------- pipelines
+
+
+def test_slurm_waits_for_upstream_elements_and_leaves_the_queue_if_they_fail():
+    script = SlurmScheduler().render_script(Resources(), context(after=("41_0", "42")))
+    assert "#SBATCH --dependency=afterok:41_0:42\n" in script
+    assert "#SBATCH --kill-on-invalid-dep=yes\n" in script
+
+
+def test_slurm_waits_element_by_element_on_an_aligned_array():
+    script = SlurmScheduler().render_script(Resources(), context(after_each="41"))
+    assert "#SBATCH --dependency=aftercorr:41\n" in script
+
+
+def test_no_dependency_directives_without_upstream_jobs():
+    script = SlurmScheduler().render_script(Resources(), context())
+    assert "dependency" not in script
+
+
+def test_the_ssh_script_waits_for_upstream_result_files_while_their_session_lives():
+    waits = (("/w/job 1/result-0.pkl", "4242"),)
+    script = SshScheduler().render_script(Resources(), context(wait_for=waits))
+    assert "while [ ! -e '/w/job 1/result-0.pkl' ] && kill -0 4242 2>/dev/null" in script
+    assert script.index("result-0.pkl") < script.index("flock")

@@ -701,3 +701,30 @@ def test_sge_refuses_script_lines_that_start_like_a_directive():
         Resources.parse(), context(environment_variables={"NOTE": "fine\n  #$ is text here"})
     )
     assert "export NOTE='fine\n  #$ is text here'" in script
+
+
+# ---------------------------------------------------------------------- pipelines
+
+
+def _pipeline_context(**values):
+    return ScriptContext(job_name="f", job_dir="/w/j", python_command="python3", **values)
+
+
+def test_sge_holds_for_upstream_jobs_and_array_to_array():
+    sge = scheduler_for("sge")
+    assert "#$ -hold_jid 41,42\n" in sge.render_script(
+        Resources(), _pipeline_context(after=("41", "42"))
+    )
+    assert "#$ -hold_jid_ad 41\n" in sge.render_script(
+        Resources(), _pipeline_context(after_each="41")
+    )
+
+
+def test_pbs_depends_afterok_even_element_wise():
+    pbs = PbsScheduler()
+    assert "#PBS -W depend=afterok:41.srv:42.srv\n" in pbs.render_script(
+        Resources(), _pipeline_context(after=("41.srv", "42.srv"))
+    )
+    assert "#PBS -W depend=afterok:43[].srv\n" in pbs.render_script(
+        Resources(), _pipeline_context(after_each="43[].srv")
+    )

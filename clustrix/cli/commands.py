@@ -30,6 +30,7 @@ from ..config import (
     user_config_dir,
 )
 from ..errors import ClustrixError
+from .jobinfo import chain_details, settle_submission, waits_for
 
 
 class _Group(click.Group):
@@ -313,9 +314,9 @@ def jobs_command(show_all: bool, states: tuple[str, ...], limit: int) -> None:
             "no jobs" + ("" if show_all or states else " running (use --all for finished ones)")
         )
         return
-    rows = [("JOB ID", "STATE", "CALLS", "FUNCTION", "HOST", "CREATED")]
+    rows = [("JOB ID", "STATE", "CALLS", "FUNCTION", "HOST", "CREATED", "WAITS FOR")]
     for job in found:
-        _settle_submission(job)
+        settle_submission(job)
         record = job.record
         calls = (
             f"{record.items - record.failed_items}/{record.items}"
@@ -330,6 +331,7 @@ def jobs_command(show_all: bool, states: tuple[str, ...], limit: int) -> None:
                 record.function,
                 record.host,
                 _when(record.created),
+                waits_for(record),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -337,18 +339,6 @@ def jobs_command(show_all: bool, states: tuple[str, ...], limit: int) -> None:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
-
-
-def _settle_submission(job: Any) -> None:
-    """Resolve a job left SUBMITTING by a process that died (``Job.status`` adopts it); a
-    cluster that cannot be reached now leaves the record as it is."""
-    from ..errors import ClustrixError
-
-    if job.record.state == "SUBMITTING":
-        try:
-            job.status()
-        except ClustrixError as exc:
-            click.echo(f"{job.job_id}: still recorded as submitting ({exc})", err=True)
 
 
 @main.command("job")
@@ -372,6 +362,7 @@ def job_command(job_id: str) -> None:
         ("created", _when(record.created)),
         ("finished", _when(record.finished)),
     ]
+    details += chain_details(job)
     if record.message:
         details.append(("note", record.message))
     for label, value in details:
@@ -460,7 +451,7 @@ def clean(older_than: str, yes: bool) -> None:
 
     age = parse_age(older_than)
     for job in list_jobs(states=["SUBMITTING"], older_than=age):
-        _settle_submission(job)  # one whose submitter died may turn out never accepted
+        settle_submission(job)  # one whose submitter died may turn out never accepted
     found = list_jobs(states=FINAL_STATES, older_than=age)
     if not found:
         click.echo(f"no finished jobs older than {older_than}")

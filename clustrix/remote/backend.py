@@ -22,7 +22,6 @@ from ..calls import CallArgs, CallSpec, Submitted
 from ..config import ClusterConfig
 from ..errors import (
     BackendUnavailableError,
-    ConfigError,
     JobFailedError,
     SchedulerUnavailableError,
 )
@@ -31,8 +30,8 @@ from ..progress import gather
 from ..schedulers import JobState, JobStatus, Scheduler, scheduler_for
 from ..store import JobRecord, JobStore
 from ..transport.base import Transport
-from ..transport.local import LocalTransport
 from .archive import untar
+from .connect import make_transport
 from .environments import Environments
 from .job import ClusterJob, Submission, Task
 from .outcomes import Decision, Outcomes, Settlement, final_state
@@ -177,6 +176,8 @@ class ClusterBackend:
             job.folder,
         )
         self.poller.track(job)
+        if prepared.pipeline is not None:
+            prepared.pipeline.watch(job, prepared.per_task, self.fail_tasks)
         if interrupted:
             if config.cancel_on_interrupt:
                 self.cancel_job(job)
@@ -227,9 +228,10 @@ class ClusterBackend:
         tasks = []
         for index, size in enumerate(task_sizes):
             futures = []
-            for _ in range(size):
+            for position in range(size):
                 future = ClusterFuture(name, backend_name)
                 future.job_id, future.remote_folder = job_id, folder
+                future.task_index, future.position = index, position
                 futures.append(future)
             tasks.append(Task(index=index, futures=futures))
         job = ClusterJob(
@@ -247,6 +249,7 @@ class ClusterBackend:
         )
         for task in tasks:
             for future in task.futures:
+                future.job = job
                 future.bind_cancel(lambda task=task: self.cancel_tasks(job, [task]))
                 future.bind_logs(lambda stream, task=task: self.read_log(job, task, stream))
         return job
@@ -265,6 +268,7 @@ class ClusterBackend:
         job = self._new_job(
             record.job_id, record.remote_folder, record.function, None, record.task_sizes, config, 0
         )
+        job.depends_on = list(record.depends_on)
         for values in record.submissions:
             submission = Submission(**values)
             for task in job.tasks[submission.offset : submission.offset + submission.count]:
@@ -345,7 +349,14 @@ class ClusterBackend:
         recorded = job.store.update(
             job.job_id, state=state, finished=time.time(), failed_items=failed
         )
-        if recorded and state == "COMPLETED" and job.cleanup_on_success:
+        if (
+            recorded
+            and state == "COMPLETED"
+            and job.cleanup_on_success
+            # Jobs of a pipeline read this folder: it stays while they exist.
+            and not job.store.dependents(job.job_id)
+            and job.release_folder()
+        ):
             self.remove_folder(job.folder)
             job.store.update(job.job_id, message="result delivered; remote folder removed")
 
@@ -402,65 +413,28 @@ class ClusterBackend:
         self._finish_if_done(job)
         return True
 
+    def fail_tasks(self, job: ClusterJob, tasks: list[Task], error: Exception) -> None:
+        """Fail unfinished tasks with ``error`` and take them off the queue (their upstream
+        failed: they could only fail)."""
+        tasks = [task for task in tasks if not task.done]
+        if not tasks:
+            return
+        elements = []
+        for task in tasks:
+            task.done = True
+            if task.submission is not None:
+                elements.append(task.submission.element_id(task.index, self.scheduler.array_base))
+        job.any_failed = True
+        if elements:
+            self.transport.run(self.scheduler.cancel_command(sorted(set(elements))), check=False)
+        settling = [(future, False, error) for task in tasks for future in task.futures]
+        logger.info("job %s: %d task(s) failed with their upstream", job.job_id, len(tasks))
+        self._finish_if_done(job, settling)
+        for future, ok, value in settling:
+            settle(future, ok, value)
+
     def cancel_job(self, job: ClusterJob) -> bool:
         return self.cancel_tasks(job, job.tasks)
-
-
-def make_transport(config: ClusterConfig) -> Transport:
-    """How to reach ``config``'s login node: SSH, or this machine when no host is set.
-
-    SSH is paramiko's or the system ssh's, as ``ssh_client`` says (``auto``: see
-    ``transport/choice.py``). Raises ``ConfigError`` for a password with ``openssh``.
-    """
-    if not config.cluster_host:
-        if config.cluster_type == "ssh":
-            raise BackendUnavailableError("cluster_type='ssh' needs cluster_host to be set")
-        return LocalTransport()  # on the login node itself: run sbatch & co. directly
-    from ..transport.choice import choose_ssh_client
-
-    client, why = choose_ssh_client(
-        config.ssh_client,
-        config.cluster_host,
-        password=config.password is not None,
-        key_file=config.key_file,
-    )
-    logger.debug("reaching %s with %s: %s", config.cluster_host, client, why)
-    if client == "openssh":
-        return _openssh_transport(config)
-    from ..transport.ssh import shared_transport
-
-    known_hosts = config.known_hosts_file
-    return shared_transport(
-        config.cluster_host,
-        port=config.cluster_port,
-        username=config.username,
-        key_file=config.key_file,
-        password=config.password,
-        host_key_policy=config.host_key_policy,
-        known_hosts=None if known_hosts is None else Path(known_hosts).expanduser(),
-    )
-
-
-def _openssh_transport(config: ClusterConfig) -> Transport:
-    if config.password is not None:
-        # ssh reads passwords from a terminal or SSH_ASKPASS only, never from its caller.
-        raise ConfigError(
-            "the password setting cannot be used with ssh_client='openssh': use "
-            "ssh_client='paramiko', or a key (key_file or an SSH agent); ssh itself asks for "
-            "a password on the terminal (or through SSH_ASKPASS) when the server wants one",
-            field="password",
-        )
-    from ..transport.openssh import shared_openssh_transport
-
-    assert config.cluster_host is not None
-    return shared_openssh_transport(
-        config.cluster_host,
-        port=config.cluster_port,
-        username=config.username,
-        key_file=config.key_file,
-        known_hosts_file=config.known_hosts_file,
-        host_key_policy=config.host_key_policy,
-    )
 
 
 _backends: dict[tuple[Any, ...], ClusterBackend] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -88,6 +89,27 @@ class ClusterJob:
     recorded_final: bool = False  # the store holds the job's final state
     #: When status checks of this job started failing in a row (monotonic), else None.
     failing_since: float | None = None
+    #: Clustrix ids of the jobs whose results this job's calls take (a pipeline).
+    depends_on: list[str] = field(default_factory=list)
+    #: Dependent jobs read this job's folder: it is kept (``keep_folder``).
+    folder_kept: bool = False
+    folder_removed: bool = False
+    _folder_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def keep_folder(self) -> bool:
+        """Keep the folder for a job about to read it; False if it was removed already."""
+        with self._folder_lock:
+            if not self.folder_removed:
+                self.folder_kept = True
+            return not self.folder_removed
+
+    def release_folder(self) -> bool:
+        """Whether the folder may be removed now (nothing keeps it); if so, it counts as
+        removed from here on, so that no dependent is handed a reference into it."""
+        with self._folder_lock:
+            if not self.folder_kept:
+                self.folder_removed = True
+            return self.folder_removed
 
     def futures(self) -> list[ClusterFuture]:
         """Every call's future, in call order."""

@@ -17,6 +17,7 @@ from typing import Any
 from .. import layout
 from ..errors import (
     ClustrixError,
+    DependencyFailedError,
     JobCancelledError,
     JobFailedError,
     JobOutOfMemoryError,
@@ -161,7 +162,7 @@ class Outcomes:
         job.any_failed = True
         for future in task.futures:
             future.attempts = task.attempts
-        elsewhere = delivered_elsewhere(job)
+        elsewhere = delivered_elsewhere(job) or upstream_lost(job, status)
         if elsewhere is not None:
             return [(future, False, elsewhere) for future in task.futures]
         files = self.fetch(job, [*layout.logs(task.index), layout.SCHEDULER_LOG])
@@ -204,6 +205,30 @@ def delivered_elsewhere(job: ClusterJob) -> ClustrixError | None:
         f"another process ({record.message or 'see clustrix job ' + job.job_id}); "
         "they are no longer in its folder. Keep cleanup_on_success=False to read a job's "
         "results from several processes"
+    )
+
+
+def upstream_lost(job: ClusterJob, status: JobStatus) -> DependencyFailedError | None:
+    """The error of a pipeline's task removed from the queue because its upstream can no
+    longer end well (SLURM's --kill-on-invalid-dep), if that is what happened."""
+    if not job.depends_on or status.state not in (JobState.CANCELLED, JobState.UNKNOWN):
+        return None
+    records = [job.store.get(job_id) for job_id in job.depends_on]
+    failed = [r for r in records if r is not None and r.state in ("FAILED", "CANCELLED")]
+    if not failed and "depend" not in status.reason.lower():
+        return None  # cancelled for its own sake
+    upstream = failed[0].job_id if failed else ", ".join(job.depends_on)
+    cause = (
+        f"ended {failed[0].state}: {failed[0].message or 'see clustrix job ' + upstream}"
+        if failed
+        else "can no longer end well"
+    )
+    return DependencyFailedError(
+        f"job {job.job_id} left the queue without running because upstream job {upstream} {cause}",
+        upstream_job_id=upstream,
+        upstream_error=cause,
+        job_id=job.job_id,
+        state=status.state.value,
     )
 
 

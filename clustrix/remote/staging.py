@@ -33,6 +33,7 @@ from ..schedulers.base import ArraySpec
 from ..store import JobRecord, JobStore, this_process
 from ..transport.base import Transport
 from .archive import job_files, tar_bytes
+from .dependencies import Pipeline, find_upstream
 from .environments import Environments, python_command
 from .job import ClusterJob, Submission, Task, index_ranges, new_job_id
 
@@ -57,6 +58,10 @@ class Prepared:
     record: JobRecord
     files: dict[str, tuple[bytes, int]]
     parts: list[ScriptContext]
+    #: The upstream calls its calls take values from (None: not part of a pipeline), and
+    #: the calls each task runs.
+    pipeline: Pipeline | None = None
+    per_task: int = 1
 
 
 class Stager:
@@ -97,19 +102,15 @@ class Stager:
         )
         options.pop("job_name", None)
         self.scheduler.check_options(options)
-        per_task = calls_per_task(len(calls), spec.chunksize, config)
+        # Futures of other jobs among the arguments: references, and what to wait for.
+        backend = f"{self.scheduler.name}:{self.transport.where}"
+        pipeline = find_upstream(calls, backend, self.scheduler)
+        aligned = None
+        if pipeline is not None:
+            calls, aligned = pipeline.calls, pipeline.per_task(spec.chunksize)
+        per_task = aligned or calls_per_task(len(calls), spec.chunksize, config)
         chunks = [list(calls[i : i + per_task]) for i in range(0, len(calls), per_task)]
-        # First: the user's own modules that cannot be installed must pickle by value.
-        modules = prepare_local_modules(func, _some_values(calls))
-        function_bytes, payloads, payload_modules = _pickled(func, chunks)
-        plan = plan_environment(
-            func,
-            spec.environment,
-            python_executable=config.python_executable,
-            conda_env_name=config.conda_env_name,
-            payload_modules=payload_modules,
-            modules=modules,
-        )
+        function_bytes, payloads, modules, plan = self._payload(func, calls, chunks, spec, config)
         report = self.environments.ensure(plan, work_dir, config)
         job_id = new_job_id()
         folder = f"{work_dir}/{job_id}"
@@ -122,6 +123,9 @@ class Stager:
         job.context = context
         job.resources = resources_per_task(spec.resources, per_task)
         parts = plan_parts(len(chunks), max_array, config.max_parallel_jobs, context)
+        if pipeline is not None:
+            parts = pipeline.wire(parts, per_task, self.scheduler)
+            job.depends_on = pipeline.job_ids
         scripts = [self.scheduler.render_script(job.resources, part) for part in parts]
         files = job_files(
             job_id=job_id,
@@ -129,9 +133,32 @@ class Stager:
             function_bytes=function_bytes,
             tasks=payloads,
             scripts={layout.script_file(n): text for n, text in enumerate(scripts)},
-            extra=shipped_runtime(payload_modules),
+            extra=shipped_runtime(modules),
         )
-        return Prepared(job, self._record(job, len(calls), parts), files, parts)
+        record = self._record(job, len(calls), parts)
+        return Prepared(job, record, files, parts, pipeline, per_task)
+
+    def _payload(
+        self,
+        func: Callable[..., Any],
+        calls: Sequence[CallArgs],
+        chunks: list[list[CallArgs]],
+        spec: CallSpec,
+        config: ClusterConfig,
+    ) -> tuple[bytes, list[bytes], set[str], Any]:
+        """The pickled function and tasks, the modules they name, the environment plan."""
+        # First: the user's own modules that cannot be installed must pickle by value.
+        modules = prepare_local_modules(func, _some_values(calls))
+        function_bytes, payloads, payload_modules = _pickled(func, chunks)
+        plan = plan_environment(
+            func,
+            spec.environment,
+            python_executable=config.python_executable,
+            conda_env_name=config.conda_env_name,
+            payload_modules=payload_modules,
+            modules=modules,
+        )
+        return function_bytes, payloads, payload_modules, plan
 
     def _record(self, job: ClusterJob, calls: int, parts: list[ScriptContext]) -> JobRecord:
         """The job store's record of a job about to be submitted."""
@@ -147,6 +174,7 @@ class Stager:
             connection=self.connection,
             parts=[part_fields(part) for part in parts],
             submitter=this_process(),
+            depends_on=list(job.depends_on),
         )
 
     # ------------------------------------------------------------------ submitting

@@ -88,6 +88,14 @@ class ScriptContext:
     #: A job array, or None for one task whose index is ``task``.
     array: ArraySpec | None = None
     task: int = 0
+    #: Scheduler ids (array elements where the scheduler has them) that must end well
+    #: before this submission starts (a pipeline).
+    after: tuple[str, ...] = ()
+    #: An upstream array of the same shape: element i waits for its element i only.
+    after_each: str | None = None
+    #: Where the scheduler cannot wait (a plain SSH host): upstream result files to wait
+    #: for in the script, each with the session id of the job writing it.
+    wait_for: tuple[tuple[str, str], ...] = ()
 
 
 def setup_lines(
@@ -154,12 +162,21 @@ class Scheduler:
     array_base: ClassVar[int] = 0
     #: The variable holding the job's own id inside a job (empty: there is none).
     job_id_variable: ClassVar[str] = ""
+    #: Whether a dependency can name one array element (SLURM's ``123_4``).
+    element_dependencies: ClassVar[bool] = False
+    #: Whether dependencies are waited for by the job script itself (no scheduler).
+    waits_in_script: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ hooks
 
     def directives(self, resources: Resources, context: ScriptContext) -> list[str]:
         """Directive arguments (without the prefix) for this request, arrays included."""
         raise NotImplementedError
+
+    def dependency_directives(self, context: ScriptContext) -> list[str]:
+        """Directive arguments making the submission wait for ``context.after`` (all must
+        end well) or, element by element, for the array ``context.after_each``."""
+        return []
 
     def submit_command(self, script: str, context: ScriptContext) -> str:
         """A command, run in the job folder, that submits ``script`` and prints the id."""
@@ -277,7 +294,10 @@ class Scheduler:
         as they are written, so that nothing can end one early and start a line of its own.
         """
         lines = []
-        for directive in self.directives(resources, context):
+        for directive in [
+            *self.directives(resources, context),
+            *self.dependency_directives(context),
+        ]:
             problem = text_problem(directive)
             if problem:
                 raise ConfigError(

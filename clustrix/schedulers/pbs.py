@@ -172,6 +172,13 @@ class PbsScheduler(Scheduler):
                 lines.append(f"-J 0-{last}")
         return lines + self.flag_directives(options)
 
+    def dependency_directives(self, context: ScriptContext) -> list[str]:
+        # PBS has no element-wise dependency between arrays: the whole upstream, afterok.
+        ids = context.after or ((context.after_each,) if context.after_each else ())
+        if not ids:
+            return []
+        return ["-W depend=afterok:" + ":".join(self.directive_value("depend", i) for i in ids)]
+
     # ------------------------------------------------------------------ commands
 
     def version_command(self) -> str:

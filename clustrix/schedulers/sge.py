@@ -122,6 +122,17 @@ class SgeScheduler(Scheduler):
                 lines.append(f"-tc {context.array.max_parallel}")
         return lines + self.flag_directives(options)
 
+    def dependency_directives(self, context: ScriptContext) -> list[str]:
+        # -hold_jid_ad: task i of this array waits for task i of the upstream array (same
+        # size). Grid Engine releases a hold when the upstream ends however it ended: the
+        # runner reads the upstream results and fails calls whose upstream failed.
+        if context.after_each:
+            return [f"-hold_jid_ad {self.directive_value('hold_jid', context.after_each)}"]
+        if context.after:
+            ids = ",".join(self.directive_value("hold_jid", i) for i in context.after)
+            return [f"-hold_jid {ids}"]
+        return []
+
     def submit_command(self, script: str, context: ScriptContext) -> str:
         name = shlex.quote(plain_job_name(context.job_name))
         return f"qsub -terse -N {name} {shlex.quote(script)}"

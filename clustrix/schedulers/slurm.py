@@ -67,6 +67,7 @@ class SlurmScheduler(Scheduler):
     directive_prefix = "#SBATCH"
     supports_arrays = True
     job_id_variable = "SLURM_JOB_ID"
+    element_dependencies = True
     array_index_expression = "$SLURM_ARRAY_TASK_ID"
     option_help: ClassVar[dict[str, str]] = {
         "constraint": "node features required (--constraint)",
@@ -123,6 +124,20 @@ class SlurmScheduler(Scheduler):
             rendered = True if value is True else self.directive_value(name, value)
             lines.append(render_flag("clusters" if name == "cluster" else name, rendered))
         return lines
+
+    def dependency_directives(self, context: ScriptContext) -> list[str]:
+        # aftercorr: element i of this array starts once element i of the upstream array
+        # completed. An upstream that can no longer end well (an element failed, timed out,
+        # was cancelled) would leave this job PENDING (DependencyNeverSatisfied) for ever:
+        # --kill-on-invalid-dep makes SLURM remove it instead.
+        if context.after_each:
+            after = f"aftercorr:{self.directive_value('dependency', context.after_each)}"
+        elif context.after:
+            ids = ":".join(self.directive_value("dependency", i) for i in context.after)
+            after = f"afterok:{ids}"
+        else:
+            return []
+        return [f"--dependency={after}", "--kill-on-invalid-dep=yes"]
 
     def directive_value(self, name: str, value: object) -> str:
         """The value, double-quoted when it holds more than a plain word: sbatch reads

@@ -24,6 +24,7 @@ _SIGNAL_EXITS = {128 + 15, 128 + 9}
 
 class SshScheduler(Scheduler):
     name = "ssh"
+    waits_in_script = True
     option_help: ClassVar[dict[str, str]] = {
         "nice": "scheduling priority adjustment passed to nice(1)",
     }
@@ -57,6 +58,15 @@ class SshScheduler(Scheduler):
             f'exec 8> {folder}/slot-"$slot"; flock -n 8 && break 2; '
             "done; sleep 0.2; done"
         )
+        # A pipeline: wait for each upstream result file, for as long as the session writing
+        # it lives (the runner then fails the calls whose upstream left no result). Before
+        # taking a slot, so that waiting tasks never hold the cores their upstream needs.
+        waits = [
+            f"while [ ! -e {shlex.quote(path)} ] && kill -0 {shlex.quote(session)} "
+            "2>/dev/null; do sleep 0.5; done"
+            for path, session in context.wait_for
+        ]
+        wait_for_slot = "\n".join([*waits, wait_for_slot])
         nice = (context.options or {}).get("nice")
         if nice is not None:
             command = f"nice -n {int(nice)} {command}"
