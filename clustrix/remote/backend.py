@@ -13,7 +13,7 @@ import logging
 import shlex
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,13 @@ from ..config import ClusterConfig
 from ..errors import BackendUnavailableError, JobFailedError, SchedulerUnavailableError
 from ..futures import ClusterFuture, mark_cancelled, settle
 from ..progress import gather
-from ..schedulers import JobState, JobStatus, Scheduler, scheduler_for
+from ..schedulers import JobState, Scheduler, scheduler_for
 from ..store import JobRecord, JobStore
 from ..transport.base import Transport
 from ..transport.local import LocalTransport
 from .archive import untar
 from .environments import Environments
-from .job import ClusterJob, Submission, Task
+from .job import ClusterJob, Findings, Submission, Task
 from .outcomes import Decision, Outcomes, Settlement, final_state
 from .poller import Poller
 from .staging import Stager, interrupts_held
@@ -260,6 +260,8 @@ class ClusterBackend:
         for values in record.submissions:
             submission = Submission(**values)
             for task in job.tasks[submission.offset : submission.offset + submission.count]:
+                if task.submission is not None:  # a retry: the earlier one may still run
+                    task.earlier.append(task.submission)
                 task.submission = submission
                 for future in task.futures:
                     future.scheduler_id = submission.scheduler_id
@@ -292,20 +294,27 @@ class ClusterBackend:
 
     # ------------------------------------------------------------------ what checks find
 
-    def _apply_check(
-        self,
-        job: ClusterJob,
-        statuses: Mapping[str, JobStatus],
-        collected: Mapping[tuple[str, int], dict[str, bytes] | None],
-    ) -> None:
-        decision: Decision = self.outcomes.decide(job, statuses, collected)
+    def _apply_check(self, job: ClusterJob, found: Findings) -> None:
+        decision: Decision = self.outcomes.decide(job, found)
+        # Queued elements whose calls another task's runner took or ran: one command for
+        # all. Before a retry, so that an old element cannot start and claim the calls
+        # again; else with the next status check or the folder's removal, so that no caller
+        # waits for a round trip of its own.
+        cancel = self.scheduler.cancel_command(sorted(decision.cancel)) if decision.cancel else ""
+        if cancel and decision.retry:
+            self.transport.run(cancel, check=False)
+            cancel = ""
         for task in decision.retry:
             self.staging.resubmit(job, task)
         # The store learns how the job ended before anyone waiting on these results does: a
         # caller may read it, or exit, as soon as its last future is settled.
-        self._finish_if_done(job, decision.settle)
+        cancel = self._finish_if_done(job, decision.settle, cancel=cancel)
         for future, ok, value in decision.settle:
             settle(future, ok, value)
+        if cancel and not job.recorded_final:
+            self.poller.run_with_next_check(cancel)
+        elif cancel:  # no next check for this job
+            self.transport.run(cancel, check=False)
 
     def _give_up(self, job: ClusterJob, error: Exception, seconds: float) -> None:
         """Fail the waiting calls of a job whose status checks kept failing; the job is
@@ -322,15 +331,20 @@ class ClusterBackend:
             for future in task.futures:
                 settle(future, False, SchedulerUnavailableError(message))
 
-    def _finish_if_done(self, job: ClusterJob, settling: Sequence[Settlement] = ()) -> None:
+    def _finish_if_done(
+        self, job: ClusterJob, settling: Sequence[Settlement] = (), cancel: str = ""
+    ) -> str:
         """Record the job's final state once no task is pending; ``settling`` are the
-        outcomes about to be handed to their futures."""
+        outcomes about to be handed to their futures. ``cancel`` (a scheduler command) is
+        run first if the folder is removed; the command still to run ("" once run)."""
         if job.pending_tasks():
-            if any(task.state is JobState.RUNNING for task in job.tasks):
+            if not job.recorded_running and any(t.state is JobState.RUNNING for t in job.tasks):
+                # Once: a write to the store at every check costs more than the check.
+                job.recorded_running = True
                 job.store.update(job.job_id, state="RUNNING")
-            return
+            return cancel
         if job.recorded_final:
-            return
+            return cancel
         job.recorded_final = True
         self.poller.forget(job)
         state, failed = final_state(job, settling)
@@ -338,8 +352,11 @@ class ClusterBackend:
             job.job_id, state=state, finished=time.time(), failed_items=failed
         )
         if recorded and state == "COMPLETED" and job.cleanup_on_success:
-            self.remove_folder(job.folder)
+            # Queued elements go first: one starting in a removed folder would fail.
+            self.remove_folder(job.folder, first=cancel)
             job.store.update(job.job_id, message="result delivered; remote folder removed")
+            return ""
+        return cancel
 
     # ------------------------------------------------------------------ files and control
 
@@ -356,9 +373,10 @@ class ClusterBackend:
         path = shlex.quote(f"{folder}/{name}")
         return self.transport.run(f"cat {path} 2>/dev/null; true", check=False).stdout
 
-    def remove_folder(self, folder: str) -> None:
-        """Delete a job folder and everything in it."""
-        self.transport.run(f"rm -rf {shlex.quote(folder)}", check=False)
+    def remove_folder(self, folder: str, first: str = "") -> None:
+        """Delete a job folder and everything in it, after the shell command ``first``."""
+        before = f"{first}; " if first else ""
+        self.transport.run(f"{before}rm -rf {shlex.quote(folder)}", check=False)
 
     def read_log(self, job: ClusterJob, task: Task, stream: str) -> str:
         """A task's stdout or stderr: kept after it finished, read live while it runs."""
