@@ -336,7 +336,8 @@ class ClusterBackend:
     ) -> str:
         """Record the job's final state once no task is pending; ``settling`` are the
         outcomes about to be handed to their futures. ``cancel`` (a scheduler command) is
-        run first if the folder is removed; the command still to run ("" once run)."""
+        run with the folder's removal, if it is removed; the command still to run ("" once
+        run)."""
         if job.pending_tasks():
             if not job.recorded_running and any(t.state is JobState.RUNNING for t in job.tasks):
                 # Once: a write to the store at every check costs more than the check.
@@ -352,8 +353,9 @@ class ClusterBackend:
             job.job_id, state=state, finished=time.time(), failed_items=failed
         )
         if recorded and state == "COMPLETED" and job.cleanup_on_success:
-            # Queued elements go first: one starting in a removed folder would fail.
-            self.remove_folder(job.folder, first=cancel)
+            # Queued elements are cancelled in the same round trip. In the background: should
+            # one start meanwhile, it fails in the removed folder, long after its calls ran.
+            self.remove_folder(job.folder, also=cancel)
             job.store.update(job.job_id, message="result delivered; remote folder removed")
             return ""
         return cancel
@@ -373,9 +375,10 @@ class ClusterBackend:
         path = shlex.quote(f"{folder}/{name}")
         return self.transport.run(f"cat {path} 2>/dev/null; true", check=False).stdout
 
-    def remove_folder(self, folder: str, first: str = "") -> None:
-        """Delete a job folder and everything in it, after the shell command ``first``."""
-        before = f"{first}; " if first else ""
+    def remove_folder(self, folder: str, also: str = "") -> None:
+        """Delete a job folder and everything in it; ``also`` is a shell command started in
+        the background first (its output and status ignored)."""
+        before = f"{{ {also}; }} </dev/null >/dev/null 2>&1 & " if also else ""
         self.transport.run(f"{before}rm -rf {shlex.quote(folder)}", check=False)
 
     def read_log(self, job: ClusterJob, task: Task, stream: str) -> str:

@@ -129,8 +129,8 @@ class Poller:
             self._lock.notify_all()
 
     def run_with_next_check(self, command: str) -> None:
-        """Run ``command`` (output and status ignored) in front of the next status check,
-        instead of a round trip of its own; it is lost if that check fails."""
+        """Start ``command`` (output and status ignored) in the background with the next
+        status check, instead of a round trip of its own; it is lost if that check fails."""
         with self._lock:
             self._piggyback.append(command)
 
@@ -239,7 +239,10 @@ class Poller:
             for job in jobs
         )
         with self._lock:
-            before = "".join(f"{{ {command}; }} >/dev/null 2>&1; " for command in self._piggyback)
+            # In the background: a cancel must not hold up the check it travels with.
+            before = "".join(
+                f"{{ {command}; }} </dev/null >/dev/null 2>&1 & " for command in self._piggyback
+            )
             self._piggyback.clear()
         output = self.transport.run(
             f"{before}{_COLLECT_FUNCTION}; {_TAKEN_FUNCTION}; {status_command}; "
