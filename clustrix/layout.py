@@ -29,6 +29,9 @@ ABANDONED = "submission-abandoned"
 
 # Per-task names as templates, so that shell code can fill in ``$task`` itself.
 CALLS_TEMPLATE = "calls-{task}.pkl"
+#: The calls of ``task`` once a runner claimed them (renamed from ``calls-<task>.pkl``):
+#: ``taker`` is the task whose process runs them, ``task`` itself unless taken by another.
+TAKEN_TEMPLATE = "taken-{task}-by-{taker}.pkl"
 RESULT_TEMPLATE = "result-{task}.pkl"
 STDOUT_TEMPLATE = "stdout-{task}"
 STDERR_TEMPLATE = "stderr-{task}"
@@ -37,7 +40,10 @@ STDERR_TEMPLATE = "stderr-{task}"
 FILES = {
     "function": FUNCTION,
     "calls": CALLS_TEMPLATE,
+    "taken": TAKEN_TEMPLATE,
     "result": RESULT_TEMPLATE,
+    "stdout": STDOUT_TEMPLATE,
+    "stderr": STDERR_TEMPLATE,
     "runtime": RUNTIME_ZIP,
 }
 
@@ -45,6 +51,11 @@ FILES = {
 def calls_file(task: int | str) -> str:
     """The pickled calls of array task ``task``."""
     return CALLS_TEMPLATE.format(task=task)
+
+
+def taken_file(task: int | str, taker: int | str) -> str:
+    """The calls of ``task`` as claimed by the runner of task ``taker``."""
+    return TAKEN_TEMPLATE.format(task=task, taker=taker)
 
 
 def result_file(task: int | str) -> str:

@@ -16,13 +16,18 @@ Exceptions are pickled on their own so that, if a class cannot be rebuilt on the
 side, its name, message and traceback still arrive.
 
 On a cluster this file is run as ``python runner.py JOB_DIR [TASK]``. The job folder holds
-``job.json`` (the client's versions), ``function.pkl`` and ``calls-TASK.pkl``; the runner
-writes ``result-TASK.pkl``. Versions are compared before anything is unpickled, so a mismatch
-is reported as such instead of as an obscure unpickling error.
+``job.json`` (the client's versions, the file names, the task's time limit), ``function.pkl``
+and ``calls-TASK.pkl``. The runner claims its calls by renaming them to
+``taken-TASK-by-TASK.pkl`` and writes ``result-TASK.pkl``; if they were short, it goes on with
+the calls of tasks not started yet (``take_others``), claimed as ``taken-OTHER-by-TASK.pkl``,
+writing ``result-OTHER.pkl`` and OTHER's logs. A task whose calls another runner took exits
+with status 0 and writes nothing. Versions are compared before anything is unpickled, so a
+mismatch is reported as such instead of as an obscure unpickling error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -31,6 +36,7 @@ import sys
 import time
 import traceback
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +104,7 @@ def _upstream_value(reference: dict[str, Any], batches: dict[str, Any]) -> Any:
     """The value of an upstream call, read from its job's result file (each file once)."""
     path = os.path.join(reference["folder"], reference["result"])
     if path not in batches:
+        _wait_for_taken_result(reference["folder"], reference["result"], path)
         try:
             with open(path, "rb") as handle:
                 batches[path] = cloudpickle.load(handle)
@@ -107,6 +114,36 @@ def _upstream_value(reference: dict[str, Any], batches: dict[str, Any]) -> Any:
     if not ok:
         raise _upstream_failure(reference, f"failed: {value['type']}: {value['message']}")
     return value
+
+
+# How long a call waits for an upstream result that another task of the upstream job took
+# on (see take_others): that task writes it once it has run those calls, which it took only
+# because they were short.
+TAKEN_RESULT_PATIENCE = 1800.0
+
+
+def _wait_for_taken_result(folder: str, result: str, path: str) -> None:
+    """Wait while the upstream task's calls are being run by another task of its job.
+
+    The upstream element of a task whose calls were taken ends at once, so the scheduler
+    starts this job before the taker has written that task's result.
+    """
+    prefix, suffix = _DEFAULT_FILES["result"].split("{task}")
+    task = result[len(prefix) : len(result) - len(suffix)] if result.startswith(prefix) else ""
+    taken_prefix = _DEFAULT_FILES["taken"].split("{task}")[0] + f"{task}-by-"
+    # Its own element's claim does not count: that element ended, with or without a result.
+    own = _DEFAULT_FILES["taken"].format(task=task, taker=task)
+    deadline = time.monotonic() + TAKEN_RESULT_PATIENCE
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        try:
+            taken = any(
+                name.startswith(taken_prefix) and name != own for name in os.listdir(folder)
+            )
+        except OSError:
+            return
+        if not taken:
+            return
+        time.sleep(0.2)
 
 
 def resolve_upstream(value: Any, batches: dict[str, Any]) -> Any:
@@ -271,47 +308,219 @@ def _write_atomically(path: Path, data: bytes) -> None:
 _DEFAULT_FILES = {
     "function": "function.pkl",
     "calls": "calls-{task}.pkl",
+    "taken": "taken-{task}-by-{taker}.pkl",
     "result": "result-{task}.pkl",
+    "stdout": "stdout-{task}",
+    "stderr": "stderr-{task}",
     "runtime": "clustrix-runtime.zip",
 }
 
 
 def main(argv: list[str]) -> int:
+    """Run task ``argv[1]`` of job folder ``argv[0]``, then the calls of tasks not yet started
+    while they are short (see ``take_others``); the process's exit status."""
+    started = time.monotonic()
     if len(argv) not in (1, 2):
         print("usage: runner.py JOB_DIR [TASK]", file=sys.stderr)
         return 2
-    job_dir = Path(argv[0])
     task = int(argv[1]) if len(argv) == 2 else 0
-    metadata = json.loads((job_dir / "job.json").read_text())
-    # The client names the folder's files (clustrix.layout); these are the defaults.
-    names = {**_DEFAULT_FILES, **metadata.get("files", {})}
-    result_path = job_dir / names["result"].format(task=task)
-    expected = metadata["versions"]
-    problem = version_problem(expected)
+    metadata = json.loads((Path(argv[0]) / "job.json").read_text())
+    # The client names the folder's files (clustrix.layout); _DEFAULT_FILES are the defaults.
+    folder = JobFolder(Path(argv[0]), metadata.get("files", {}))
+    claimed = folder.claim(task, task)
+    if claimed is None and folder.claimed_by_another(task):
+        return 0  # another task's runner took these calls: it writes their result
+    problem, kind = version_problem(metadata["versions"]), "clustrix.VersionMismatchError"
+    if problem is None and claimed is None:
+        problem = f"the calls of task {task} are missing from {folder.path}"
+        kind = "clustrix.PayloadError"
     if problem is not None:
-        _write_atomically(result_path, _setup_failure(problem, "clustrix.VersionMismatchError"))
+        _write_atomically(folder.file("result", task), _setup_failure(problem, kind))
         print(f"clustrix runner: {problem}", file=sys.stderr)
         return 3
     os.environ["CLUSTRIX_IN_JOB"] = "1"
-    shipped = job_dir / names["runtime"]  # Clustrix's code, when the payload needs it
+    shipped = folder.file("runtime", task)  # Clustrix's code, when the payload needs it
     if shipped.is_file():
         sys.path.insert(0, str(shipped))
-    function_bytes = (job_dir / names["function"]).read_bytes()
-    calls_bytes = (job_dir / names["calls"].format(task=task)).read_bytes()
+    function_bytes = folder.file("function", task).read_bytes()
+    pace = Pace(started, metadata.get("time_limit"), metadata.get("calls_per_task"))
+    if not run_task(folder, task, claimed, function_bytes, pace):
+        return 4
+    take_others(folder, task, function_bytes, pace)
+    return 0
+
+
+# --------------------------------------------------------------------------- taking work
+#
+# A map's calls are cut into array tasks before anyone knows how long a call takes. When
+# they turn out to be short, starting a job per task costs far more than the calls: so a
+# runner that has finished its own task goes on with the calls of tasks whose array elements
+# have not started yet. Every runner claims calls by renaming their file (atomic, on network
+# file systems too), so a task's calls run once, by whichever runner renamed them first; the
+# element of a taken task finds them gone and exits at once, or is cancelled by the client
+# while still queued.
+
+#: Calls are short when the next task's are projected to take at most this (seconds): about
+#: what starting a job costs. Longer tasks are left to their own array elements, which may
+#: run them in parallel.
+SHORT_TASK_SECONDS = 5.0
+#: Of a known time limit, the share a runner fills by taking work; without one, the time
+#: after which it takes no more (seconds).
+LIMIT_SHARE = 0.5
+UNLIMITED_BUDGET = 180.0
+#: A projection is a mean: the next task is assumed to take up to this many times as long.
+PROJECTION_MARGIN = 2.0
+
+
+class JobFolder:
+    """The files of a job folder, named as its ``job.json`` says."""
+
+    def __init__(self, path: Path, names: dict[str, str]) -> None:
+        self.path = path
+        self.names = {**_DEFAULT_FILES, **names}
+
+    def file(self, kind: str, task: int | str, taker: int | str = "") -> Path:
+        """The file of ``kind`` (a key of ``_DEFAULT_FILES``) for ``task``."""
+        return self.path / self.names[kind].format(task=task, taker=taker)
+
+    def claim(self, task: int, taker: int) -> Path | None:
+        """Rename the calls of ``task`` so that the runner of ``taker`` alone runs them; the
+        renamed file, or None if another runner claimed them first."""
+        claimed = self.file("taken", task, taker)
+        try:
+            os.rename(self.file("calls", task), claimed)
+        except FileNotFoundError:
+            # Ours already when this task runs a second time (a job the scheduler requeued),
+            # or when a network file system resent a rename that had succeeded.
+            return claimed if claimed.exists() else None
+        return claimed
+
+    def claimed_by_another(self, task: int) -> bool:
+        """Whether a runner other than ``task``'s own claimed its calls."""
+        pattern = self.names["taken"].format(task=task, taker="*")
+        own = self.file("taken", task, task)
+        return any(path != own for path in self.path.glob(pattern))
+
+    def unclaimed(self) -> list[int]:
+        """The tasks whose calls no runner has claimed yet, highest index first: the array
+        elements a scheduler starts last."""
+        prefix, _, suffix = self.names["calls"].partition("{task}")
+        found = []
+        for name in os.listdir(self.path):
+            if name.startswith(prefix) and name.endswith(suffix):
+                index = name[len(prefix) : len(name) - len(suffix)]
+                if index.isdigit():
+                    found.append(int(index))
+        return sorted(found, reverse=True)
+
+
+class Pace:
+    """How long this runner's tasks took, and whether another task's calls fit after them.
+
+    Seconds are ``time.monotonic()`` ones; ``time_limit`` is the task's own limit in seconds
+    and ``calls_per_task`` the size of the largest task of the job (None when unknown: then
+    the largest task run so far).
+    """
+
+    def __init__(
+        self, started: float, time_limit: float | None, calls_per_task: int | None
+    ) -> None:
+        self.started = started
+        self.time_limit = time_limit
+        self.calls_per_task = calls_per_task
+        self.seconds = 0.0
+        self.calls = 0
+        self.largest = 0
+
+    def record(self, seconds: float, calls: int) -> None:
+        """A task of ``calls`` calls took ``seconds``, loading and writing included."""
+        self.seconds += seconds
+        self.calls += calls
+        self.largest = max(self.largest, calls)
+
+    def projected(self) -> float:
+        """Seconds a whole task's calls should take, at the mean pace so far."""
+        return self.seconds / max(1, self.calls) * (self.calls_per_task or self.largest)
+
+    def allows_another(self, now: float | None = None) -> bool:
+        """Whether the calls of one more task are short and fit well within the budget."""
+        projected = self.projected()
+        if self.calls == 0 or projected > SHORT_TASK_SECONDS:
+            return False
+        budget = LIMIT_SHARE * self.time_limit if self.time_limit else UNLIMITED_BUDGET
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        return elapsed + PROJECTION_MARGIN * projected <= budget
+
+
+def run_task(
+    folder: JobFolder, task: int, claimed: Path, function_bytes: bytes, pace: Pace
+) -> bool:
+    """Run the claimed calls of ``task`` and write its result, timing them in ``pace``;
+    False when they could not be loaded (their result is that failure)."""
+    started = time.monotonic()
     try:
-        data = run_pickled_batch(function_bytes, calls_bytes)
+        calls = cloudpickle.loads(claimed.read_bytes())
+        data = dump_batch(run_calls(_load_function(function_bytes), calls))
     except BaseException as exc:  # unpickling failed: a module missing here, say
         message = f"could not load the function or its arguments: {type(exc).__name__}: {exc}"
-        data = _setup_failure(message, "clustrix.PayloadError", traceback.format_exc())
         print(f"clustrix runner: {message}", file=sys.stderr)
-        _write_atomically(result_path, data)
-        return 4
-    # The client reads the logs together with the result: what the call printed must be in
+        failure = _setup_failure(message, "clustrix.PayloadError", traceback.format_exc())
+        _write_atomically(folder.file("result", task), failure)
+        return False
+    # The client reads the logs together with the result: what the calls printed must be in
     # them before the result appears, not when the interpreter exits.
+    _flush_output()
+    _write_atomically(folder.file("result", task), data)
+    pace.record(time.monotonic() - started, len(calls))
+    return True
+
+
+def take_others(folder: JobFolder, taker: int, function_bytes: bytes, pace: Pace) -> list[int]:
+    """Run the calls of tasks nobody has claimed while ``pace`` allows; the tasks taken.
+
+    Each taken task's result and logs are written under its own index, as if its own array
+    element had run it, so the client collects it as usual.
+    """
+    taken: list[int] = []
+    candidates = folder.unclaimed()
+    while candidates and pace.allows_another():
+        task = candidates.pop(0)
+        claimed = folder.claim(task, taker)
+        if claimed is None:
+            continue  # its own element, or another runner, was first
+        taken.append(task)
+        with output_to(folder.file("stdout", task), folder.file("stderr", task)):
+            loaded = run_task(folder, task, claimed, function_bytes, pace)
+        if not loaded:
+            break
+        if not candidates:  # a retried task's calls may have come back meanwhile
+            candidates = folder.unclaimed()
+    return taken
+
+
+@contextlib.contextmanager
+def output_to(stdout: Path, stderr: Path) -> Iterator[None]:
+    """Append file descriptors 1 and 2 (Python's and child processes' output alike) to these
+    files for the block, so that each task's output stays in its own logs."""
+    _flush_output()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        for descriptor, path in ((1, stdout), (2, stderr)):
+            opened = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.dup2(opened, descriptor)
+            os.close(opened)
+        yield
+    finally:
+        _flush_output()
+        for descriptor, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, descriptor)
+            os.close(copy)
+
+
+def _flush_output() -> None:
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    _write_atomically(result_path, data)
-    return 0
+        if stream is not None:
+            stream.flush()
 
 
 if __name__ == "__main__":

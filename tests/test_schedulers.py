@@ -67,6 +67,11 @@ def test_slurm_array_script_numbers_tasks_from_the_offset():
     assert SlurmScheduler().parse_max_array_size("MaxArraySize            = 1001\n") == 1001
 
 
+def test_slurm_cancels_the_elements_of_one_array_in_one_request():
+    command = SlurmScheduler().cancel_command(["12", "13_4", "13_5", "13_6", "13_9", "14_2"])
+    assert command == "scancel 12 '13_[4-6,9]' 14_2"
+
+
 def test_slurm_gpus_option_replaces_gres():
     resources = Resources.parse(gpus=2)
     script = SlurmScheduler().render_script(resources, context(options={"gpus": "a100:2"}))

@@ -31,9 +31,15 @@ def job_files(
     tasks: list[bytes],
     scripts: dict[str, str],
     extra: dict[str, bytes] | None = None,
+    calls_per_task: int | None = None,
+    time_limit: float | None = None,
 ) -> dict[str, tuple[bytes, int]]:
     """The folder's files as ``{name: (content, mode)}``; ``tasks`` are pickled call lists,
-    ``scripts`` the job scripts of the submissions, ``extra`` further private files."""
+    ``scripts`` the job scripts of the submissions, ``extra`` further private files.
+
+    ``calls_per_task`` (the largest task's calls) and ``time_limit`` (a task's limit in
+    seconds, None if none) tell the runner how much of other tasks' work it may take on.
+    """
     metadata = {
         "job_id": job_id,
         "function": name,
@@ -42,6 +48,8 @@ def job_files(
         "tasks": len(tasks),
         "versions": {"python": python_version(), "cloudpickle": cloudpickle.__version__},
         "files": layout.FILES,
+        "calls_per_task": calls_per_task,
+        "time_limit": time_limit,
     }
     files = {
         layout.JOB_JSON: (json.dumps(metadata, indent=1).encode(), 0o600),

@@ -13,7 +13,7 @@ import logging
 import shlex
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,13 @@ from ..errors import (
 )
 from ..futures import ClusterFuture, mark_cancelled, settle
 from ..progress import gather
-from ..schedulers import JobState, JobStatus, Scheduler, scheduler_for
+from ..schedulers import JobState, Scheduler, scheduler_for
 from ..store import JobRecord, JobStore
 from ..transport.base import Transport
 from .archive import untar
 from .connect import make_transport
 from .environments import Environments
-from .job import ClusterJob, Submission, Task
+from .job import ClusterJob, Findings, Submission, Task
 from .outcomes import Decision, Outcomes, Settlement, final_state
 from .poller import Poller
 from .staging import Stager, interrupts_held
@@ -272,6 +272,8 @@ class ClusterBackend:
         for values in record.submissions:
             submission = Submission(**values)
             for task in job.tasks[submission.offset : submission.offset + submission.count]:
+                if task.submission is not None:  # a retry: the earlier one may still run
+                    task.earlier.append(task.submission)
                 task.submission = submission
                 for future in task.futures:
                     future.scheduler_id = submission.scheduler_id
@@ -304,20 +306,33 @@ class ClusterBackend:
 
     # ------------------------------------------------------------------ what checks find
 
-    def _apply_check(
-        self,
-        job: ClusterJob,
-        statuses: Mapping[str, JobStatus],
-        collected: Mapping[tuple[str, int], dict[str, bytes] | None],
-    ) -> None:
-        decision: Decision = self.outcomes.decide(job, statuses, collected)
+    def _apply_check(self, job: ClusterJob, found: Findings) -> None:
+        decision: Decision = self.outcomes.decide(job, found)
+        # Queued elements whose calls another task's runner took or ran: one command for
+        # all. Before a retry, so that an old element cannot start and claim the calls
+        # again; else with the next status check or the folder's removal, so that no caller
+        # waits for a round trip of its own.
+        cancel = self.scheduler.cancel_command(sorted(decision.cancel)) if decision.cancel else ""
+        if cancel and decision.retry:
+            self.transport.run(cancel, check=False)
+            cancel = ""
         for task in decision.retry:
             self.staging.resubmit(job, task)
         # The store learns how the job ended before anyone waiting on these results does: a
         # caller may read it, or exit, as soon as its last future is settled.
-        self._finish_if_done(job, decision.settle)
+        cancel = self._finish_if_done(job, decision.settle, cancel=cancel)
         for future, ok, value in decision.settle:
             settle(future, ok, value)
+        if cancel and (job.folder_kept or job.store.dependents(job.job_id)):
+            # A pipeline waits for these elements to succeed (afterok, aftercorr): cancelling
+            # them would fail its jobs. They start, find their calls run, and end at once.
+            # Checked after settling: a dependent that looked earlier saw the futures done,
+            # and reads their values without waiting for the elements.
+            cancel = ""
+        if cancel and not job.recorded_final:
+            self.poller.run_with_next_check(cancel)
+        elif cancel:  # no next check for this job
+            self.transport.run(cancel, check=False)
 
     def _give_up(self, job: ClusterJob, error: Exception, seconds: float) -> None:
         """Fail the waiting calls of a job whose status checks kept failing; the job is
@@ -334,15 +349,21 @@ class ClusterBackend:
             for future in task.futures:
                 settle(future, False, SchedulerUnavailableError(message))
 
-    def _finish_if_done(self, job: ClusterJob, settling: Sequence[Settlement] = ()) -> None:
+    def _finish_if_done(
+        self, job: ClusterJob, settling: Sequence[Settlement] = (), cancel: str = ""
+    ) -> str:
         """Record the job's final state once no task is pending; ``settling`` are the
-        outcomes about to be handed to their futures."""
+        outcomes about to be handed to their futures. ``cancel`` (a scheduler command) is
+        run with the folder's removal, if it is removed; the command still to run ("" once
+        run)."""
         if job.pending_tasks():
-            if any(task.state is JobState.RUNNING for task in job.tasks):
+            if not job.recorded_running and any(t.state is JobState.RUNNING for t in job.tasks):
+                # Once: a write to the store at every check costs more than the check.
+                job.recorded_running = True
                 job.store.update(job.job_id, state="RUNNING")
-            return
+            return cancel
         if job.recorded_final:
-            return
+            return cancel
         job.recorded_final = True
         self.poller.forget(job)
         state, failed = final_state(job, settling)
@@ -357,8 +378,12 @@ class ClusterBackend:
             and not job.store.dependents(job.job_id)
             and job.release_folder()
         ):
-            self.remove_folder(job.folder)
+            # Queued elements are cancelled in the same round trip. In the background: should
+            # one start meanwhile, it fails in the removed folder, long after its calls ran.
+            self.remove_folder(job.folder, also=cancel)
             job.store.update(job.job_id, message="result delivered; remote folder removed")
+            return ""
+        return cancel
 
     # ------------------------------------------------------------------ files and control
 
@@ -375,9 +400,11 @@ class ClusterBackend:
         path = shlex.quote(f"{folder}/{name}")
         return self.transport.run(f"cat {path} 2>/dev/null; true", check=False).stdout
 
-    def remove_folder(self, folder: str) -> None:
-        """Delete a job folder and everything in it."""
-        self.transport.run(f"rm -rf {shlex.quote(folder)}", check=False)
+    def remove_folder(self, folder: str, also: str = "") -> None:
+        """Delete a job folder and everything in it; ``also`` is a shell command started in
+        the background first (its output and status ignored)."""
+        before = f"{{ {also}; }} </dev/null >/dev/null 2>&1 & " if also else ""
+        self.transport.run(f"{before}rm -rf {shlex.quote(folder)}", check=False)
 
     def read_log(self, job: ClusterJob, task: Task, stream: str) -> str:
         """A task's stdout or stderr: kept after it finished, read live while it runs."""

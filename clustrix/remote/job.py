@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..futures import ClusterFuture
-from ..schedulers import JobState
+from ..schedulers import JobState, JobStatus
 
 
 def new_job_id() -> str:
@@ -60,6 +61,32 @@ class Task:
     missing_result_checks: int = 0
     stdout: str | None = None
     stderr: str | None = None
+    #: The task whose runner took this task's calls (see runner.take_others), else None.
+    taken_by: int | None = None
+    #: Submissions of earlier attempts: a runner of one may still be running taken calls.
+    earlier: list[Submission] = field(default_factory=list)
+    #: The element of ``submission`` a cancel was sent for, so it is sent once.
+    cancelled_element: str | None = None
+
+    def submissions(self) -> list[Submission]:
+        """Every submission that ran or runs this task, the current one first."""
+        current = [self.submission] if self.submission is not None else []
+        return current + self.earlier[::-1]
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What one status check found, for every job it covered.
+
+    ``statuses`` are the scheduler's, by scheduler id and array element
+    (``Scheduler.parse_status``); ``results`` maps ``(job id, task)`` to the task's result and
+    log files by name (None: too large to bring inline, fetch them); ``taken`` maps ``(job id,
+    task)`` to the task whose runner took its calls, for tasks without a result yet.
+    """
+
+    statuses: Mapping[str, JobStatus]
+    results: Mapping[tuple[str, int], dict[str, bytes] | None]
+    taken: Mapping[tuple[str, int], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,6 +114,7 @@ class ClusterJob:
     next_check: float = 0.0
     any_failed: bool = False
     recorded_final: bool = False  # the store holds the job's final state
+    recorded_running: bool = False  # the store says RUNNING
     #: When status checks of this job started failing in a row (monotonic), else None.
     failing_since: float | None = None
     #: Clustrix ids of the jobs whose results this job's calls take (a pipeline).

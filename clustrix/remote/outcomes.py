@@ -1,7 +1,8 @@
 """From what a status check found to what each call's future gets: values, errors, retries.
 
-Given the scheduler's states and the result files collected in one check, ``Outcomes.decide``
-returns a ``Decision``: the futures to settle (and with what) and the tasks to run again.
+Given what one check found (the scheduler's states, the result files, the tasks whose calls
+another task's runner took), ``Outcomes.decide`` returns a ``Decision``: the futures to settle
+(and with what), the tasks to run again and the queued array elements no longer needed.
 It changes no future and submits nothing itself; the backend applies the decision, after
 recording in the job store how the job ended.
 """
@@ -30,7 +31,7 @@ from ..futures import ClusterFuture, add_note
 from ..payload import batch_outcomes
 from ..schedulers import JobState, JobStatus, Scheduler
 from ..store import FINAL_STATES
-from .job import ClusterJob, Task
+from .job import ClusterJob, Findings, Submission, Task
 
 #: A future and what to settle it with: (future, True, value) or (future, False, exception).
 Settlement = tuple[ClusterFuture, bool, Any]
@@ -63,10 +64,13 @@ _CANCELLATIONS = (CancelledError, JobCancelledError)
 
 @dataclass
 class Decision:
-    """What one status check means for a job: futures to settle, tasks to run again."""
+    """What one status check means for a job: futures to settle, tasks to run again, and
+    queued array elements to cancel (by ``Submission.element_id``) because another task's
+    runner took or ran their calls."""
 
     settle: list[Settlement] = field(default_factory=list)
     retry: list[Task] = field(default_factory=list)
+    cancel: list[str] = field(default_factory=list)
 
 
 class Outcomes:
@@ -77,12 +81,7 @@ class Outcomes:
         self.where = where
         self.fetch = fetch
 
-    def decide(
-        self,
-        job: ClusterJob,
-        statuses: Mapping[str, JobStatus],
-        collected: Mapping[tuple[str, int], dict[str, bytes] | None],
-    ) -> Decision:
+    def decide(self, job: ClusterJob, found: Findings) -> Decision:
         """The decision for every pending task of ``job``; marks settled tasks done."""
         decision = Decision()
         for task in job.pending_tasks():
@@ -90,26 +89,73 @@ class Outcomes:
                 task.done = True  # cancelled by the user meanwhile
                 continue
             key = (job.job_id, task.index)
-            if key in collected:
-                files = collected[key]
+            own = self._status(task, found.statuses)
+            if key in found.results:
+                files = found.results[key]
                 if files is None:  # too large to inline: fetch it on its own
                     names = [layout.result_file(task.index), *layout.logs(task.index)]
                     files = self.fetch(job, names)
+                # Still queued, so another task's runner ran these calls: the element would
+                # only start to find them gone. (Cancelled before a retry, too.)
+                self._cancel_if_queued(task, own, decision)
                 outcome = self.collect(job, task, files)
                 if outcome is None:
                     decision.retry.append(task)
                 else:
                     decision.settle += outcome
                 continue
-            self._without_result(job, task, self._status(task, statuses), decision)
+            taker = found.taken.get(key)
+            if taker is not None and taker != task.index:
+                self._taken(job, task, taker, own, found.statuses, decision)
+                continue
+            self._without_result(job, task, own, decision)
         return decision
 
     def _status(self, task: Task, statuses: Mapping[str, JobStatus]) -> JobStatus:
         assert task.submission is not None
-        return statuses.get(
-            task.submission.status_key(task.index, self.scheduler.array_base),
-            statuses.get(task.submission.scheduler_id, JobStatus(JobState.UNKNOWN)),
-        )
+        return _status_of(task.submission, task.index, statuses, self.scheduler.array_base)
+
+    def _cancel_if_queued(self, task: Task, own: JobStatus, decision: Decision) -> None:
+        if own.state is not JobState.PENDING or task.submission is None:
+            return
+        element = task.submission.element_id(task.index, self.scheduler.array_base)
+        if task.cancelled_element != element:  # once: a scheduler may ignore it (PBS wrappers)
+            task.cancelled_element = element
+            decision.cancel.append(element)
+
+    def _taken(
+        self,
+        job: ClusterJob,
+        task: Task,
+        taker: int,
+        own: JobStatus,
+        statuses: Mapping[str, JobStatus],
+        decision: Decision,
+    ) -> None:
+        """A task whose calls the runner of task ``taker`` took and has not written the
+        result of yet: pending while that runner lives; lost once it ended (retried with
+        ``retries``, else failed naming both tasks)."""
+        if task.taken_by != taker:
+            task.taken_by, task.missing_result_checks = taker, 0
+        self._cancel_if_queued(task, own, decision)
+        runner = job.tasks[taker] if 0 <= taker < len(job.tasks) else None
+        states = [
+            _status_of(submission, taker, statuses, self.scheduler.array_base)
+            for submission in (runner.submissions() if runner is not None else [])
+        ]
+        if any(not (s.state.finished or s.state is JobState.UNKNOWN) for s in states):
+            task.state = JobState.RUNNING
+            task.missing_result_checks = 0
+            return
+        # Its runner ended: its result may take a moment to appear on a shared file system.
+        task.missing_result_checks += 1
+        if task.missing_result_checks <= MISSING_RESULT_CHECKS:
+            return
+        if task.attempts <= job.retries:
+            decision.retry.append(task)
+        else:
+            status = states[0] if states else JobStatus(JobState.UNKNOWN)
+            decision.settle += self.fail(job, task, status, taker=runner)
 
     def _without_result(
         self, job: ClusterJob, task: Task, status: JobStatus, decision: Decision
@@ -156,8 +202,11 @@ class Outcomes:
                 add_note(value, memory_hint(job, where))
         return [(f, ok, value) for f, (ok, value) in zip(task.futures, outcomes, strict=True)]
 
-    def fail(self, job: ClusterJob, task: Task, status: JobStatus) -> list[Settlement]:
-        """The failures of a task that ended without a result."""
+    def fail(
+        self, job: ClusterJob, task: Task, status: JobStatus, taker: Task | None = None
+    ) -> list[Settlement]:
+        """The failures of a task that ended without a result; ``status`` is that of the
+        runner that took its calls when ``taker`` (that runner's task) is given."""
         task.done = True
         job.any_failed = True
         for future in task.futures:
@@ -172,10 +221,15 @@ class Outcomes:
         reason = f" ({status.reason})" if status.reason and status.reason != state.value else ""
         where = f"task {task.index} of " if len(job.tasks) > 1 else ""
         stderr = "\n".join(filter(None, [task.stderr or "", scheduler_log]))
+        what = f"{_EXPLANATIONS.get(state, 'failed')}{reason}"
+        if taker is not None:
+            what = (
+                f"had its calls taken by task {taker.index} ({self._element(taker)}), which "
+                f"ended without writing their result: that task {what}"
+            )
         error = _FAILURES.get(state, JobFailedError)(
             f"{where}{self.scheduler.name} job {_scheduler_id(task)} running {job.name!r} "
-            f"{_EXPLANATIONS.get(state, 'failed')}{reason}; its files are kept in "
-            f"{job.folder} on {self.where}",
+            f"{what}; its files are kept in {job.folder} on {self.where}",
             job_id=job.job_id,
             state=state.value,
             exit_code=status.exit_code,
@@ -185,9 +239,26 @@ class Outcomes:
         )
         return [(future, False, error) for future in task.futures]
 
+    def _element(self, task: Task) -> str:
+        """How the scheduler names ``task``'s current job or array element."""
+        if task.submission is None:
+            return f"{self.scheduler.name} job ?"
+        element = task.submission.element_id(task.index, self.scheduler.array_base)
+        return f"{self.scheduler.name} job {element}"
+
 
 def _scheduler_id(task: Task) -> str:
     return task.submission.scheduler_id if task.submission else "?"
+
+
+def _status_of(
+    submission: Submission, task: int, statuses: Mapping[str, JobStatus], array_base: int
+) -> JobStatus:
+    """The state of ``task`` in ``submission``: its array element's, else the job's."""
+    return statuses.get(
+        submission.status_key(task, array_base),
+        statuses.get(submission.scheduler_id, JobStatus(JobState.UNKNOWN)),
+    )
 
 
 def delivered_elsewhere(job: ClusterJob) -> ClustrixError | None:

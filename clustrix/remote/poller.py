@@ -13,13 +13,13 @@ import logging
 import shlex
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from .. import layout
-from ..schedulers import JobStatus, Scheduler
+from ..schedulers import Scheduler
 from ..transport.base import Transport
 from .archive import untar
-from .job import ClusterJob, index_ranges
+from .job import ClusterJob, Findings, Submission, Task, index_ranges
 
 logger = logging.getLogger("clustrix.remote")
 
@@ -34,24 +34,43 @@ _SECTION = "--clustrix-results--"
 _MARK = "--clustrix-task--"
 _INLINE_LIMIT = 4 * 1024 * 1024
 _RESULT = layout.result_file("$t")
-# collect FOLDER JOB_ID "FIRST-LAST ...": for each task with a result, a marker line and (if
-# small) its result and logs as a base64 tar on the next line.
+# collect FOLDER JOB_ID "FIRST-LAST ...": the tasks with a result. Those too large to inline
+# get a line "MARK JOB_ID large TASK" each; the others one line "MARK JOB_ID inline TASK..."
+# followed by their results and non-empty logs as ONE base64 tar (a tar per task costs a
+# few processes each: seconds, when a hundred tasks finish at once).
 _COLLECT_FUNCTION = (
-    "collect() { for range in $3; do for t in $(seq ${range%-*} ${range#*-}); do "
-    f'[ -e "$1/{_RESULT}" ] || continue; '
-    f'if [ "$(stat -c %s "$1/{_RESULT}")" -le {_INLINE_LIMIT} ]; then '
-    f'echo "{_MARK} $2 $t inline"; '
-    f'tar -c -f - -C "$1" --ignore-failed-read "{_RESULT}" '
-    f'"{layout.stdout_file("$t")}" "{layout.stderr_file("$t")}" '
-    "2>/dev/null | base64 -w0; echo; "
-    f'else echo "{_MARK} $2 $t large"; fi; done; done; }}'
+    'collect() { found=""; for range in $3; do for t in $(seq ${range%-*} ${range#*-}); do '
+    f'[ -e "$1/{_RESULT}" ] && found="$found $t"; done; done; '
+    '[ -n "$found" ] || return 0; '
+    f'large=" $(find "$1" -maxdepth 1 -name \'{layout.result_file("*")}\' '
+    f"-size +{_INLINE_LIMIT}c -printf '%f ' 2>/dev/null)\"; "
+    'small=""; files=""; for t in $found; do case "$large" in '
+    f'*" {_RESULT} "*) echo "{_MARK} $2 large $t";; '
+    f'*) small="$small $t"; files="$files {_RESULT}"; '
+    f'[ -s "$1/{layout.stdout_file("$t")}" ] && files="$files {layout.stdout_file("$t")}"; '
+    f'[ -s "$1/{layout.stderr_file("$t")}" ] && files="$files {layout.stderr_file("$t")}";; '
+    "esac; done; "
+    '[ -n "$small" ] || return 0; '
+    f'echo "{_MARK} $2 inline$small"; '
+    "printf '%s\\n' $files | tar -c -f - -C \"$1\" --ignore-failed-read -T - 2>/dev/null "
+    "| base64 -w0; echo; }"
 )
 
-#: ``on_check(job, statuses, collected)``: what the backend does with one check's findings.
-CheckHandler = Callable[
-    [ClusterJob, Mapping[str, JobStatus], Mapping[tuple[str, int], "dict[str, bytes] | None"]],
-    None,
-]
+_TAKEN_MARK = "--clustrix-taken--"
+# taken-<task>-by-<taker>.pkl, cut where the shell finds the task and the taker.
+_TAKEN_PREFIX, _, _TAKEN_REST = layout.TAKEN_TEMPLATE.partition("{task}")
+_TAKEN_BY, _, _TAKEN_SUFFIX = _TAKEN_REST.partition("{taker}")
+# taken FOLDER JOB_ID: for each task whose calls another task's runner took and whose result
+# is not written yet, "MARK JOB_ID TASK TAKER". One glob over the folder, not a look per task.
+_TAKEN_FUNCTION = (
+    f'taken() {{ for f in "$1"/{layout.taken_file("*", "*")}; do [ -e "$f" ] || continue; '
+    f"n=${{f##*/{_TAKEN_PREFIX}}}; n=${{n%{_TAKEN_SUFFIX}}}; t=${{n%%{_TAKEN_BY}*}}; "
+    f'u=${{n##*{_TAKEN_BY}}}; [ "$t" = "$u" ] && continue; '
+    f'[ -e "$1/{layout.result_file("$t")}" ] || echo "{_TAKEN_MARK} $2 $t $u"; done; }}'
+)
+
+#: ``on_check(job, findings)``: what the backend does with one check's findings.
+CheckHandler = Callable[[ClusterJob, Findings], None]
 #: ``on_give_up(job, error)``: checks of ``job`` failed for longer than its patience.
 GiveUpHandler = Callable[[ClusterJob, Exception, float], None]
 
@@ -90,6 +109,8 @@ class Poller:
         self._thread: threading.Thread | None = None
         # One status check at a time: the thread's and a caller's (``refresh``).
         self._checking = threading.Lock()
+        # Commands to run in front of the next status check (cancels that need no answer).
+        self._piggyback: list[str] = []
 
     def watched(self, job_id: str) -> ClusterJob | None:
         with self._lock:
@@ -106,6 +127,12 @@ class Poller:
                 )
                 self._thread.start()
             self._lock.notify_all()
+
+    def run_with_next_check(self, command: str) -> None:
+        """Start ``command`` (output and status ignored) in the background with the next
+        status check, instead of a round trip of its own; it is lost if that check fails."""
+        with self._lock:
+            self._piggyback.append(command)
 
     def forget(self, job: ClusterJob) -> None:
         with self._lock:
@@ -176,26 +203,33 @@ class Poller:
     def check(self, jobs: list[ClusterJob]) -> None:
         """One round trip: the scheduler's view of every job, and finished tasks' results."""
         with self._checking:
-            statuses, collected = self._ask(jobs)
+            found = self._ask(jobs)
             now = time.monotonic()
             for job in jobs:
-                self._on_check(job, statuses, collected)
+                self._on_check(job, found)
                 with self._lock:
                     job.next_check = next_check(job, now)
 
-    def _ask(
-        self, jobs: list[ClusterJob]
-    ) -> tuple[dict[str, JobStatus], dict[tuple[str, int], dict[str, bytes] | None]]:
+    def _ask(self, jobs: list[ClusterJob]) -> Findings:
+        # The runners that took pending tasks' calls are asked about too: their own tasks
+        # may be settled, their submissions no longer pending.
         submissions = {
-            task.submission.scheduler_id: job.folder
+            submission.scheduler_id: job.folder
             for job in jobs
             for task in job.pending_tasks()
-            if task.submission is not None
+            for submission in _watched_submissions(job, task)
         }
         detailed = any(t.missing_result_checks for job in jobs for t in job.pending_tasks())
         status_command = self.scheduler.status_command(submissions, detailed=detailed)
-        collect = "; ".join(
-            f"collect {shlex.quote(job.folder)} {shlex.quote(job.job_id)} "
+        # Taken tasks are listed before results are looked for: a task whose taker writes
+        # its result in between is then reported with that result, never with neither.
+        look = "; ".join(
+            (
+                f"taken {shlex.quote(job.folder)} {shlex.quote(job.job_id)}; "
+                if len(job.tasks) > 1
+                else ""
+            )
+            + f"collect {shlex.quote(job.folder)} {shlex.quote(job.job_id)} "
             + shlex.quote(
                 " ".join(
                     f"{a}-{b}"
@@ -204,25 +238,54 @@ class Poller:
             )
             for job in jobs
         )
+        with self._lock:
+            # In the background: a cancel must not hold up the check it travels with.
+            before = "".join(
+                f"{{ {command}; }} </dev/null >/dev/null 2>&1 & " for command in self._piggyback
+            )
+            self._piggyback.clear()
         output = self.transport.run(
-            f"{_COLLECT_FUNCTION}; {status_command}; echo {_SECTION}; {collect}; true",
+            f"{before}{_COLLECT_FUNCTION}; {_TAKEN_FUNCTION}; {status_command}; "
+            f"echo {_SECTION}; {look}; true",
             check=False,
             timeout=POLL_TIMEOUT,
         ).stdout
         status_part, _, result_part = output.partition(_SECTION)
-        return self.scheduler.parse_status(status_part, list(submissions)), _parse_collected(
-            result_part
-        )
+        results, taken = _parse_collected(result_part)
+        return Findings(self.scheduler.parse_status(status_part, list(submissions)), results, taken)
 
 
-def _parse_collected(text: str) -> dict[tuple[str, int], dict[str, bytes] | None]:
-    """``{(job id, task): files}``; None marks a result too large to inline."""
+def _watched_submissions(job: ClusterJob, task: Task) -> list[Submission]:
+    """The submissions whose state decides a pending task's: its own, and every submission
+    of the task whose runner took its calls."""
+    watched = [task.submission] if task.submission is not None else []
+    if task.taken_by is not None and 0 <= task.taken_by < len(job.tasks):
+        watched += job.tasks[task.taken_by].submissions()
+    return watched
+
+
+def _parse_collected(
+    text: str,
+) -> tuple[dict[tuple[str, int], dict[str, bytes] | None], dict[tuple[str, int], int]]:
+    """``{(job id, task): files}`` (None marks a result too large to inline), and
+    ``{(job id, task): the task whose runner took its calls}``."""
     collected: dict[tuple[str, int], dict[str, bytes] | None] = {}
+    taken: dict[tuple[str, int], int] = {}
     lines = iter(text.splitlines())
     for line in lines:
+        if line.startswith(_TAKEN_MARK):
+            _, job_id, task, taker = line.split()
+            if task.isdigit() and taker.isdigit():
+                taken[(job_id, int(task))] = int(taker)
+            continue
         if not line.startswith(_MARK):
             continue
-        _, job_id, task, how = line.split()
-        files = untar(base64.b64decode(next(lines, ""))) if how == "inline" else None
-        collected[(job_id, int(task))] = files
-    return collected
+        _, job_id, how, *tasks = line.split()
+        if how == "large":
+            collected.update({(job_id, int(task)): None for task in tasks})
+            continue
+        files = untar(base64.b64decode(next(lines, "")))
+        for task in tasks:
+            names = [layout.result_file(task), *layout.logs(task)]
+            collected[(job_id, int(task))] = {name: files[name] for name in names if name in files}
+    return collected, taken

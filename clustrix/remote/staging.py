@@ -134,6 +134,8 @@ class Stager:
             tasks=payloads,
             scripts={layout.script_file(n): text for n, text in enumerate(scripts)},
             extra=shipped_runtime(modules),
+            calls_per_task=per_task,
+            time_limit=job.resources.time_seconds,
         )
         record = self._record(job, len(calls), parts)
         return Prepared(job, record, files, parts, pipeline, per_task)
@@ -227,14 +229,28 @@ class Stager:
         part = replace(job.context, array=None, task=task.index)
         name = layout.retry_script(task.index, task.attempts)
         script = self.scheduler.render_script(job.resources, part)
-        # The previous attempt's result, if any, must not be collected as this one's.
+        # The previous attempt's result, if any, must not be collected as this one's; its
+        # calls, claimed by the runner that ran them (this task's own or another's), are
+        # given back their unclaimed name so that the new attempt finds them.
+        calls = shlex.quote(layout.calls_file(task.index))
+        give_back = " ".join(
+            f"if [ -e {claimed} ]; then mv -f {claimed} {calls}; fi;"
+            for claimed in (
+                shlex.quote(layout.taken_file(task.index, taker))
+                for taker in dict.fromkeys([task.index, task.taken_by])
+                if taker is not None
+            )
+        )
         output = self.transport.run(
             f"cd {shlex.quote(job.folder)} && rm -f {layout.result_file(task.index)} && "
-            f"cat > {name} && chmod 700 {name} && "
+            f"{{ {give_back} }} && cat > {name} && chmod 700 {name} && "
             f"{{ {self.scheduler.submit_command(name, part)}; }}",
             stdin=script.encode(),
         ).stdout
         scheduler_id = self.scheduler.parse_job_id(output)
+        if task.submission is not None:
+            task.earlier.append(task.submission)
+        task.taken_by = None
         record_submission(job, Submission(scheduler_id, **part_fields(part)))
         for future in task.futures:
             future.attempts = task.attempts
@@ -399,6 +415,7 @@ def record_submission(job: ClusterJob, submission: Submission) -> None:
         task.submission = submission
         task.state = JobState.PENDING
         task.missing_result_checks = 0
+        task.cancelled_element = None
         for future in task.futures:
             future.scheduler_id = submission.scheduler_id
     job.store.add_submission(job.job_id, asdict(submission))

@@ -206,7 +206,33 @@ class SlurmScheduler(Scheduler):
         return {job_id: JobStatus(JobState.UNKNOWN) for job_id in job_ids} | statuses
 
     def cancel_command(self, job_ids: list[str]) -> str:
-        return "scancel " + " ".join(shlex.quote(job_id) for job_id in job_ids)
+        """``scancel`` of jobs and array elements; the elements of one array are named
+        together (``123_[4-9,12]``), which scancel handles in one request instead of one
+        per element."""
+        whole: list[str] = []
+        elements: dict[str, list[int]] = {}
+        for job_id in job_ids:
+            parent, _, index = job_id.partition("_")
+            if index.isdigit():
+                elements.setdefault(parent, []).append(int(index))
+            else:
+                whole.append(job_id)
+        targets = whole + [
+            f"{parent}_{indices[0]}" if len(indices) == 1 else f"{parent}_[{_ranges(indices)}]"
+            for parent, indices in elements.items()
+        ]
+        return "scancel " + " ".join(shlex.quote(target) for target in targets)
+
+
+def _ranges(indices: list[int]) -> str:
+    """``4-9,12`` for [4, 5, 6, 7, 8, 9, 12] (sorted, duplicates dropped)."""
+    runs: list[list[int]] = []
+    for index in sorted(set(indices)):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
 
 def _framed(text: str) -> tuple[list[str], int | None]:

@@ -207,3 +207,84 @@ def test_retry_on_user_exceptions_only_when_asked(on_slurm, tmp_path):
     with pytest.raises(ItemError):
         future.result(timeout=300)
     assert future.attempts == 1
+
+
+# ------------------------------------------------- array tasks taking the calls of others
+
+
+def _claims(transport, folder: str) -> list[tuple[int, int]]:
+    """``(task, taker)`` of every claimed task's calls in a job folder."""
+    listing = output_of(transport, f"cd {shlex.quote(folder)} && ls")
+    claims = re.findall(r"^taken-(\d+)-by-(\d+)\.pkl$", listing, flags=re.MULTILINE)
+    return [(int(task), int(taker)) for task, taker in claims]
+
+
+def test_a_map_of_10000_short_calls_runs_in_fewer_elements_than_tasks(on_slurm):
+    clustrix.configure(cleanup_on_success=False)
+    assert square.map(range(10_000)) == [x * x for x in range(10_000)]
+    (job,) = clustrix.jobs(limit=1, states=None)
+    record = job.record
+    assert record.state == "COMPLETED" and len(record.task_sizes) == 100
+    claims = _claims(on_slurm.transport(), record.remote_folder)
+    assert sorted(task for task, _ in claims) == list(range(100)), "every task ran once"
+    ran_their_own = [task for task, taker in claims if task == taker]
+    assert 0 < len(ran_their_own) < 100, "fewer elements ran than tasks were planned"
+
+
+def test_calls_too_long_to_take_are_each_run_by_their_own_element(on_slurm):
+    # Two elements at a time: the last two wait in the queue while the first two run, so
+    # a runner could take them, were the calls short.
+    clustrix.configure(cleanup_on_success=False, max_parallel_jobs=2)
+    assert nap.map([5.5] * 4, chunksize=1) == [5.5] * 4
+    (job,) = clustrix.jobs(limit=1, states=None)
+    claims = _claims(on_slurm.transport(), job.record.remote_folder)
+    assert sorted(claims) == [(task, task) for task in range(4)]
+
+
+def blocks_on_two(x, marker):
+    """Item 2 waits (two minutes at most) for ``marker`` to exist; the others return at once."""
+    if x == 2:
+        deadline = time.time() + 120
+        while not os.path.exists(marker) and time.time() < deadline:
+            time.sleep(0.1)
+    return x
+
+
+_RETRIED = {
+    retries: cluster(time="00:05:00", memory="200MB", retries=retries)(blocks_on_two)
+    for retries in (0, 1)
+}
+
+
+def _start_with_a_taker_stuck_on_task_two(cluster_under_test, marker: str, retries: int):
+    """A map of 3 one-call tasks, one element at a time: element 0 runs task 0, then takes
+    task 2 (takers start from the end) and waits in it; that element is cancelled then."""
+    transport = cluster_under_test.transport()
+    transport.run(f"rm -f {shlex.quote(marker)}")
+    clustrix.configure(max_parallel_jobs=1, cleanup_on_success=False)
+    futures = _RETRIED[retries].submit_map(range(3), [marker] * 3, chunksize=1)
+    folder = futures[0].remote_folder
+    assert wait_for(lambda: (2, 0) in _claims(transport, folder), 120, 0.3)
+    assert futures[0].result(timeout=60) == 0
+    transport.run(f"scancel {shlex.quote(futures[0].scheduler_id)}_0")
+    return futures
+
+
+def test_a_task_whose_taker_was_cancelled_fails_naming_both(on_slurm):
+    marker = f"/tmp/clustrix-taker-{os.getpid()}-{time.monotonic_ns()}"
+    futures = _start_with_a_taker_stuck_on_task_two(on_slurm, marker, retries=0)
+    with pytest.raises(clustrix.JobFailedError, match=r"had its calls taken by task 0") as info:
+        futures[2].result(timeout=120)
+    assert f"{futures[0].scheduler_id}_0" in str(info.value)
+    assert futures[1].result(timeout=120) == 1, "the task not taken runs on its own element"
+
+
+def test_a_task_whose_taker_was_cancelled_is_retried(on_slurm):
+    marker = f"/tmp/clustrix-taker-{os.getpid()}-{time.monotonic_ns()}"
+    futures = _start_with_a_taker_stuck_on_task_two(on_slurm, marker, retries=1)
+    on_slurm.transport().run(f"touch {shlex.quote(marker)}")
+    try:
+        assert [future.result(timeout=180) for future in futures] == [0, 1, 2]
+        assert futures[2].attempts == 2
+    finally:
+        on_slurm.transport().run(f"rm -f {shlex.quote(marker)}")

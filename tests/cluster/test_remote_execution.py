@@ -114,7 +114,7 @@ def test_cleanup_can_be_turned_off(on_slurm):
     assert {
         "job.json",
         "function.pkl",
-        "calls-0.pkl",
+        "taken-0-by-0.pkl",  # the calls, once the task's runner claimed them
         "runner.py",
         "job-0.sh",
         "result-0.pkl",
