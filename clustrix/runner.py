@@ -346,7 +346,8 @@ def main(argv: list[str]) -> int:
     pace = Pace(started, metadata.get("time_limit"), metadata.get("calls_per_task"))
     if not run_task(folder, task, claimed, function_bytes, pace):
         return 4
-    take_others(folder, task, function_bytes, pace)
+    if metadata.get("taking", True):
+        take_others(folder, task, function_bytes, pace)
     return 0
 
 
@@ -459,8 +460,11 @@ def run_task(
     False when they could not be loaded (their result is that failure)."""
     started = time.monotonic()
     try:
-        calls = cloudpickle.loads(claimed.read_bytes())
-        data = dump_batch(run_calls(_load_function(function_bytes), calls))
+        calls_bytes = claimed.read_bytes()
+        calls = cloudpickle.loads(calls_bytes)
+        # Only payloads that name the marker can hold upstream references: others skip the walk.
+        upstream = UPSTREAM_KEY.encode() in calls_bytes
+        data = dump_batch(run_calls(_load_function(function_bytes), calls, upstream))
     except BaseException as exc:  # unpickling failed: a module missing here, say
         message = f"could not load the function or its arguments: {type(exc).__name__}: {exc}"
         print(f"clustrix runner: {message}", file=sys.stderr)

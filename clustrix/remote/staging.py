@@ -136,6 +136,9 @@ class Stager:
             extra=shipped_runtime(modules),
             calls_per_task=per_task,
             time_limit=job.resources.time_seconds,
+            # A task whose calls read upstream results may run only once its own upstream
+            # element has: no other task may take its calls early.
+            taking=pipeline is None,
         )
         record = self._record(job, len(calls), parts)
         return Prepared(job, record, files, parts, pipeline, per_task)
