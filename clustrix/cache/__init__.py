@@ -92,7 +92,11 @@ class CallCache:
         self.folder.save(key, self.name, value)
 
     def save_when_done(self, key: str, future: Future) -> None:
-        """Store the future's value when it succeeds; failures and cancellations are not."""
+        """Store the future's value when it succeeds, before ``result()`` returns it (so an
+        identical call made right after is a hit); failures and cancellations are not."""
+        if isinstance(future, ClusterFuture):
+            future.before_result(lambda value: self.save(key, value))
+            return
 
         def store(done: Future) -> None:
             if not done.cancelled() and done.exception() is None:
