@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import stat
@@ -237,3 +238,17 @@ def test_cli_lists_and_clears_the_cache(log):
     assert runner.invoke(main, ["cache", "clear", "--older-than", "soon"]).exit_code != 0
     assert "removed 2 cached value(s)" in runner.invoke(main, ["cache", "clear"]).output
     assert _entries() == []
+
+
+def test_another_version_of_a_package_the_call_uses_is_a_miss(log, monkeypatch):
+    assert total(np.ones(3), log) == 3.0
+    assert total(np.ones(3), log) == 3.0
+    assert _runs(log) == 1
+    version = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata,
+        "version",
+        lambda name: "0.0.1" if name == "numpy" else version(name),
+    )
+    assert total(np.ones(3), log) == 3.0
+    assert _runs(log) == 2
