@@ -207,8 +207,9 @@ def cluster(func: Callable[..., Any] | None = None, **options: Any) -> Any:
     Arguments: ``cores``, ``memory``, ``time``, ``partition``, ``queue``, ``gpus``,
     ``parallel``, ``environment``, ``retries`` (re-runs after a worker or node failure, and
     after the exception types listed in ``retry_on``),
-    ``timeout`` (seconds), ``profile``, ``executor`` (local: auto, processes, threads, inline)
-    and scheduler-specific options as further keywords.
+    ``timeout`` (seconds), ``profile``, ``executor`` (local: auto, processes, threads, inline),
+    ``cache`` (return stored values of identical calls; the ``cache`` setting) and
+    scheduler-specific options as further keywords.
     """
     if func is not None:
         return ClusterFunction(func, **options)

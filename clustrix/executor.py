@@ -19,6 +19,7 @@ from concurrent import futures as cf
 from typing import Any
 
 from .backend import Backend, backend_for
+from .cache import cached_batch, cached_call
 from .calls import CallArgs, CallSpec, Submitted, columns
 from .config import ARGUMENT_SETTINGS, ARGUMENT_SPECS, ClusterConfig, check_argument, resolve_config
 from .futures import ClusterFuture, chain
@@ -152,6 +153,16 @@ class Executor(cf.Executor):
         if in_worker():
             return self.submit_call(fn, args, kwargs).result()
         config = self.effective_config()
+        cached = cached_call(fn, args, kwargs, config, self.environment)
+        return cached.value if cached.hit else cached.save(self._call(fn, args, kwargs, config))
+
+    def _call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        config: ClusterConfig,
+    ) -> Any:
         if self.parallel not in (False, "array") and self.backend(config).is_local:
             version = self._versions.parallel(fn, self.parallel, config, self.pure)
             if version is not None:
@@ -171,7 +182,11 @@ class Executor(cf.Executor):
         if in_worker():
             # Already inside a call Clustrix runs: nesting another pool would oversubscribe.
             return LocalExecutor(kind="inline").submit_call(fn, args, kwargs)
-        return self._submit_call(fn, args, kwargs, self.effective_config())
+        config = self.effective_config()
+        cached = cached_call(fn, args, kwargs, config, self.environment)
+        if cached.hit:
+            return cached.future()
+        return cached.save_when_done(self._submit_call(fn, args, kwargs, config))
 
     def _submit_call(
         self,
@@ -204,7 +219,9 @@ class Executor(cf.Executor):
         """Start many calls at once: on a cluster one job array (``chunksize`` calls per
         task), locally a future per call."""
         config = self.effective_config()
-        return self._submit(self.backend(config), fn, calls, config, chunksize)
+        backend = self.backend(config)
+        batch = cached_batch(fn, calls, config, self.environment)
+        return batch.submit(lambda misses: self._submit(backend, fn, misses, config, chunksize))
 
     def _submit(
         self,
@@ -261,8 +278,11 @@ class Executor(cf.Executor):
         if not backend.is_local:
             fn = self._versions.parallel(fn, self.parallel, config, self.pure, in_job=True) or fn
         spec = self.spec(config, chunksize)
-        return backend.map(
-            fn, calls, spec, config, return_exceptions=return_exceptions, progress=shown
+        return cached_batch(fn, calls, config, self.environment).map(
+            lambda misses: backend.map(
+                fn, misses, spec, config, return_exceptions=return_exceptions, progress=shown
+            ),
+            return_exceptions=return_exceptions,
         )
 
     def _array_version(self, fn: Callable[..., Any], config: ClusterConfig) -> Any:
@@ -285,14 +305,14 @@ class Executor(cf.Executor):
         calls = [tuple(items) for items in zip(*iterables, strict=False)]
         config = self.effective_config()
         backend = self.backend(config)
-        if not backend.is_local:
-            futures = self._submit(backend, fn, [(c, {}) for c in calls], config, chunksize).futures
+        if config.cache or not backend.is_local:  # the cache looks calls up one by one
+            futures = self.submit_calls(fn, [(c, {}) for c in calls], chunksize).futures
         else:
             chunks = [((fn, calls[i : i + chunksize]), {}) for i in range(0, len(calls), chunksize)]
             futures = backend.submit(_apply_chunk, chunks, self.spec(config), config).futures
         for future in futures:
             self._remember(future)
-        return _results(futures, deadline, chunked=backend.is_local)
+        return _results(futures, deadline, chunked=backend.is_local and not config.cache)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; wait for what is running, or cancel it with ``cancel_futures``.

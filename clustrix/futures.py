@@ -8,11 +8,14 @@ itself rather than only the local bookkeeping.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
 from .errors import ClustrixError
+
+logger = logging.getLogger(__name__)
 
 
 class ClusterFuture(Future):
@@ -36,6 +39,24 @@ class ClusterFuture(Future):
         self.environment: Any = None
         self._cancel_job: Callable[[], bool] | None = None
         self._read_log: Callable[[str], str] | None = None
+        self._before_result: list[Callable[[Any], Any]] = []
+
+    def before_result(self, hook: Callable[[Any], Any]) -> None:
+        """Call ``hook(value)`` when the call succeeds, before anyone waiting sees the value.
+
+        A done callback runs only after ``result()`` has returned to waiting threads; the
+        result cache stores values here instead, so a call made as soon as this one returned
+        finds its value. A hook must not raise; nothing it raises reaches the future.
+        """
+        self._before_result.append(hook)
+
+    def set_result(self, result: Any) -> None:
+        for hook in self._before_result:
+            try:
+                hook(result)
+            except Exception:
+                logger.exception("a result hook of %s failed", self.name)
+        super().set_result(result)
 
     def bind_cancel(self, cancel_job: Callable[[], bool]) -> None:
         """Set how to cancel the underlying work; it returns False once that is too late."""

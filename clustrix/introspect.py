@@ -31,8 +31,16 @@ def nested_codes(code: types.CodeType) -> list[types.CodeType]:
     return codes
 
 
-def reachable(func: Callable[..., Any], limit: int = 500) -> Iterator[Reached]:
-    """Every Python function reachable from ``func`` by name, each once, at most ``limit``."""
+def reachable(
+    func: Callable[..., Any],
+    limit: int = 500,
+    follow: Callable[[Any], bool] | None = None,
+) -> Iterator[Reached]:
+    """Every Python function reachable from ``func`` by name, each once, at most ``limit``.
+
+    ``follow``, if given, says which functions besides ``func`` the walk enters (the user's
+    own, say): the others are neither yielded nor walked through.
+    """
     pending: list[Any] = [func]
     seen: set[int] = set()
     while pending and len(seen) < limit:
@@ -40,6 +48,8 @@ def reachable(func: Callable[..., Any], limit: int = 500) -> Iterator[Reached]:
         item = getattr(item, "__wrapped__", item)
         code = getattr(item, "__code__", None)
         if code is None or id(code) in seen:
+            continue
+        if follow is not None and seen and not follow(item):
             continue
         seen.add(id(code))
         codes = nested_codes(code)

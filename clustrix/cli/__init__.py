@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import cache as _cache  # noqa: F401  (registers ``clustrix cache``)
 from . import pools as _pools  # noqa: F401  (registers ``clustrix pools`` and ``clustrix pool``)
 from .commands import main, set_yaml_setting
 

@@ -24,6 +24,7 @@ ARGUMENT_SETTINGS = {
     "partition": "default_partition",
     "queue": "default_queue",
     "executor": "local_executor",
+    "cache": "cache",
 }
 
 #: Decorator arguments that are not settings. ``expected`` keeps the words users know.

@@ -183,6 +183,13 @@ FIELD_SPECS: dict[str, FieldSpec] = {
         nullable=True,
     ),
     "job_store": FieldSpec("str", "SQLite file recording every remote job, to find it again."),
+    "cache": FieldSpec(
+        "bool",
+        "Keep each call's value and return it, without running the call, when the same "
+        "function (its code and that of your functions it calls) is called with the same "
+        "arguments in the same environment; also @cluster(cache=True).",
+    ),
+    "cache_dir": FieldSpec("str", "Folder of the cached call values (mode 700, files 600)."),
     "progress": FieldSpec(
         "choice",
         "Progress bar for long maps: auto (in terminals and notebooks), on, or off.",
@@ -239,6 +246,8 @@ class ClusterConfig:
     local_executor: str = "auto"
     max_array_size: int | None = None
     job_store: str = "~/.clustrix/jobs.db"
+    cache: bool = False
+    cache_dir: str = "~/.clustrix/cache"
     progress: str = "auto"
     cancel_on_interrupt: bool = True
     echo_job_output: bool = False
