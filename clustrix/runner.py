@@ -346,8 +346,7 @@ def main(argv: list[str]) -> int:
     pace = Pace(started, metadata.get("time_limit"), metadata.get("calls_per_task"))
     if not run_task(folder, task, claimed, function_bytes, pace):
         return 4
-    if metadata.get("taking", True):
-        take_others(folder, task, function_bytes, pace)
+    take_others(folder, task, function_bytes, pace, metadata.get("needs") or {})
     return 0
 
 
@@ -479,16 +478,27 @@ def run_task(
     return True
 
 
-def take_others(folder: JobFolder, taker: int, function_bytes: bytes, pace: Pace) -> list[int]:
+def take_others(
+    folder: JobFolder,
+    taker: int,
+    function_bytes: bytes,
+    pace: Pace,
+    needs: dict[str, list[str]] | None = None,
+) -> list[int]:
     """Run the calls of tasks nobody has claimed while ``pace`` allows; the tasks taken.
 
     Each taken task's result and logs are written under its own index, as if its own array
-    element had run it, so the client collects it as usual.
+    element had run it, so the client collects it as usual. ``needs`` (a pipeline's stage)
+    names, per task, the upstream result files its calls read: a task is taken only once
+    they all exist, since its own element would have waited for them.
     """
+    needs = needs or {}
     taken: list[int] = []
     candidates = folder.unclaimed()
     while candidates and pace.allows_another():
         task = candidates.pop(0)
+        if not all(os.path.exists(path) for path in needs.get(str(task), ())):
+            continue
         claimed = folder.claim(task, taker)
         if claimed is None:
             continue  # its own element, or another runner, was first

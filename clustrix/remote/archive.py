@@ -33,14 +33,14 @@ def job_files(
     extra: dict[str, bytes] | None = None,
     calls_per_task: int | None = None,
     time_limit: float | None = None,
-    taking: bool = True,
+    needs: dict[str, list[str]] | None = None,
 ) -> dict[str, tuple[bytes, int]]:
     """The folder's files as ``{name: (content, mode)}``; ``tasks`` are pickled call lists,
     ``scripts`` the job scripts of the submissions, ``extra`` further private files.
 
     ``calls_per_task`` (the largest task's calls) and ``time_limit`` (a task's limit in
     seconds, None if none) tell the runner how much of other tasks' work it may take on;
-    ``taking`` False forbids it (each task of a pipeline's stage waits for its own upstream).
+    ``needs`` (a pipeline's stage: per task, the upstream result files its calls read) which.
     """
     metadata = {
         "job_id": job_id,
@@ -52,7 +52,7 @@ def job_files(
         "files": layout.FILES,
         "calls_per_task": calls_per_task,
         "time_limit": time_limit,
-        "taking": taking,
+        "needs": needs or {},
     }
     files = {
         layout.JOB_JSON: (json.dumps(metadata, indent=1).encode(), 0o600),

@@ -33,10 +33,11 @@ from ..transport.base import Transport
 from .archive import untar
 from .connect import make_transport
 from .environments import Environments
+from .interrupts import interrupts_held
 from .job import ClusterJob, Findings, Submission, Task
 from .outcomes import Decision, Outcomes, Settlement, final_state
 from .poller import Poller
-from .staging import Stager, interrupts_held
+from .staging import Stager
 
 logger = logging.getLogger("clustrix.remote")
 

@@ -100,6 +100,19 @@ class Pipeline:
                 return None
         return ids[0]
 
+    def needs(self, per_task: int) -> dict[str, list[str]]:
+        """Per task (its index as a string, for job.json), the upstream result files its
+        calls read: another task's runner may take its calls once they all exist."""
+        needed: dict[str, list[str]] = {}
+        for start in range(0, len(self.upstream), per_task):
+            files = {
+                f"{call.folder}/{layout.result_file(call.task)}"
+                for calls in self.upstream[start : start + per_task]
+                for call in calls
+            }
+            needed[str(start // per_task)] = sorted(files)
+        return needed
+
     def per_task(self, chunksize: int | None) -> int | None:
         """Calls per task keeping task i on upstream task i (None: no such alignment, or
         ``chunksize`` asks otherwise)."""

@@ -139,6 +139,11 @@ class ClusterJob:
                 self.folder_removed = True
             return self.folder_removed
 
+    def set_environment(self, report: Any) -> None:
+        """Tell every call's future which environment runs it (``future.environment``)."""
+        for future in self.futures():
+            future.environment = report
+
     def futures(self) -> list[ClusterFuture]:
         """Every call's future, in call order."""
         return [future for task in self.tasks for future in task.futures]

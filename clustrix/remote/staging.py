@@ -13,10 +13,8 @@ import contextlib
 import logging
 import math
 import shlex
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -117,8 +115,7 @@ class Stager:
         name = function_name(func)
         job = new_job(job_id, folder, name, func, [len(c) for c in chunks], config, spec.retries)
         job.retry_on = spec.retry_on
-        for future in job.futures():
-            future.environment = report
+        job.set_environment(report)
         context = script_context(config, job_name, folder, python_command(plan, report), options)
         job.context = context
         job.resources = resources_per_task(spec.resources, per_task)
@@ -136,9 +133,7 @@ class Stager:
             extra=shipped_runtime(modules),
             calls_per_task=per_task,
             time_limit=job.resources.time_seconds,
-            # A task whose calls read upstream results may run only once its own upstream
-            # element has: no other task may take its calls early.
-            taking=pipeline is None,
+            needs=None if pipeline is None else pipeline.needs(per_task),  # taken once ready
         )
         record = self._record(job, len(calls), parts)
         return Prepared(job, record, files, parts, pipeline, per_task)
@@ -489,21 +484,3 @@ def script_context(
 def index_text(indices: list[int]) -> str:
     """``0-3, 7`` for [0, 1, 2, 3, 7]."""
     return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in index_ranges(indices))
-
-
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[list[int]]:
-    """Hold back SIGINT (Ctrl-C, a notebook's interrupt) for the block; the list tells if one
-    came. Only where it would raise KeyboardInterrupt: the main thread, default handler."""
-    received: list[int] = []
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield received
-        return
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
