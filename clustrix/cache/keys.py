@@ -33,8 +33,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
-import joblib
-
 from ..config import ClusterConfig
 from ..environment import classify_modules, plan_environment
 from ..introspect import reachable
@@ -104,7 +102,7 @@ def _hash_code(digest: Any, code: types.CodeType, docstring: str | None = None) 
 
 def _hash_value(digest: Any, value: Any) -> None:
     try:
-        digest.update(joblib.hash(value, hash_name="sha1").encode())
+        digest.update(_joblib().hash(value, hash_name="sha1").encode())
     except Exception:  # a value joblib cannot hash counts by its type only
         digest.update(type(value).__qualname__.encode())
 
@@ -146,7 +144,7 @@ def arguments_digest(func: Callable[..., Any], args: tuple, kwargs: dict[str, An
     if inspect.ismethod(func):  # a bound method's instance is an argument too
         named.insert(0, ("__self__", func.__self__))
     try:
-        return joblib.hash(named, hash_name="sha1")
+        return _joblib().hash(named, hash_name="sha1")
     except Exception:  # whatever pickling raises, the call just runs
         return None
 
@@ -189,3 +187,11 @@ def environment_digest(
     if plan.key:
         return plan.key
     return f"python:{plan.python}" if plan.python else f"conda:{plan.conda_env}"
+
+
+def _joblib() -> Any:
+    """joblib, imported when a key is made: ``import clustrix`` must not import it (the
+    joblib backend registers itself when the user imports joblib; see _joblib_hook)."""
+    import joblib
+
+    return joblib
