@@ -76,13 +76,14 @@ def run_fitting(
     and the client queues the others again."""
     if not seconds or deadline is None:
         return runner.run_calls(func, calls)
-    batch = runner.run_calls(func, [])
-    for call in calls:
-        if time.time() + seconds > deadline:
-            break
-        batch["outcomes"] += runner.run_calls(func, [call])["outcomes"]
-    batch["finished"] = time.time()
-    return batch
+
+    def fitting() -> Any:
+        for call in calls:
+            if time.time() + seconds > deadline:
+                return
+            yield call
+
+    return runner.run_calls(func, fitting())  # type: ignore[arg-type]  # any iterable
 
 
 def _payload_failure(exc: BaseException, count: int) -> bytes:
