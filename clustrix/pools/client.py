@@ -106,11 +106,11 @@ class WorkerPool(cf.Executor):
         self.resources = Resources.parse(**checked)
         overrides = {ARGUMENT_SETTINGS[n]: v for n, v in checked.items() if n in ARGUMENT_SETTINGS}
         config = resolve_config(profile, overrides).config
-        options.pop("job_name", None)
+        job_name = options.pop("job_name", None) or f"clustrix-pool-w{workers}"
         self._spec = CallSpec(
             resources=self.resources,
             environment=environment,
-            job_name=f"clustrix-pool-w{workers}",
+            job_name=job_name,
             options=options,
             chunksize=1,
             requested=frozenset(n for n in RESOURCE_ARGUMENTS if n in checked),
