@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import threading
 
 from .base import CommandResult, OutputFrame, skip_shell_output
 
@@ -36,8 +37,9 @@ class LocalTransport:
         result = CommandResult(command, completed.returncode, stdout, stderr)
         return result.check(self.where) if check else result
 
-    def open_stream(self, command: str) -> LocalStream:
-        return LocalStream(command)
+    def open_stream(self, command: str) -> PipeStream:
+        frame = OutputFrame()
+        return PipeStream(["bash", "-c", frame.frame(command)], frame, limit=60.0)
 
     def home(self) -> str:
         return os.path.expanduser("~")
@@ -46,28 +48,35 @@ class LocalTransport:
         """Nothing to release."""
 
 
-class LocalStream:
-    """A command run with bash, kept running, spoken to through pipes."""
+class PipeStream:
+    """A command kept running as a child process (bash, or an ``ssh`` session), spoken to
+    through pipes; its stderr is dropped.
 
-    def __init__(self, command: str) -> None:
-        frame = OutputFrame()
+    Raises ``ConnectionError`` (it ended before the command began) or ``TimeoutError`` when
+    it is created, as ``skip_shell_output`` does.
+    """
+
+    def __init__(self, argv: list[str], frame: OutputFrame, limit: float) -> None:
         self.process = subprocess.Popen(
-            ["bash", "-c", frame.frame(command)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self._stdin = self.process.stdin
         self._stdout = self.process.stdout.fileno()
-        self._pending = skip_shell_output(frame, self._read, limit=60.0)
+        self._lock = threading.Lock()
+        try:
+            self._pending = skip_shell_output(frame, self._read, limit=limit)
+        except (ConnectionError, TimeoutError):
+            self._end()
+            raise
 
     def _read(self, size: int) -> bytes:
         return os.read(self._stdout, size)
 
     def send(self, data: bytes) -> None:
-        self._stdin.write(data)
-        self._stdin.flush()
+        with self._lock:
+            self._stdin.write(data)
+            self._stdin.flush()
 
     def recv(self, size: int) -> bytes:
         if self._pending:
@@ -77,11 +86,18 @@ class LocalStream:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self._stdin.close()
+            self._stdin.close()  # the command sees end-of-file
+        self._end()
+
+    def _end(self) -> None:
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()  # an ssh session: the master closes it, the command hangs up
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         with contextlib.suppress(OSError):
             self.process.stdout.close()  # type: ignore[union-attr]

@@ -25,7 +25,8 @@ import threading
 from collections.abc import Iterator
 
 from ..errors import AuthenticationError, BackendUnavailableError, ConnectionFailedError
-from .base import CommandResult, OutputFrame, skip_shell_output
+from .base import CommandResult, OutputFrame
+from .local import PipeStream
 from .sshargs import (
     CONNECT_TIMEOUT,
     SSHOptions,
@@ -213,71 +214,18 @@ class OpenSSHTransport:
             "not have run to the end (the next command reconnects)"
         )
 
-    def open_stream(self, command: str) -> OpenSSHStream:
+    def open_stream(self, command: str) -> PipeStream:
         """``command`` as a session of the master, kept open (``Transport.open_stream``)."""
         self._ensure_master(verify=True)  # a stream lives long: start it on a live master
         frame = OutputFrame()
         framed = frame.frame(f"{{ {command}\n}} 2>/dev/null")
-        return OpenSSHStream(command_argv(self.program, self.options, self.socket, framed), frame)
+        argv = command_argv(self.program, self.options, self.socket, framed)
+        return PipeStream(argv, frame, limit=CONNECT_TIMEOUT)
 
     def home(self) -> str:
         if self._home is None:
             self._home = self.run('printf %s "$HOME"').stdout.strip()
         return self._home
-
-
-class OpenSSHStream:
-    """A command kept running through an ``ssh`` of its own, spoken to through pipes.
-
-    Raises ``ConnectionError`` (ssh ended before the command began) or ``TimeoutError``
-    when it is created, as ``skip_shell_output`` does.
-    """
-
-    def __init__(self, argv: list[str], frame: OutputFrame) -> None:
-        self.process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self._stdin = self.process.stdin
-        self._stdout = self.process.stdout.fileno()
-        self._lock = threading.Lock()
-        try:
-            self._pending = skip_shell_output(frame, self._read, limit=CONNECT_TIMEOUT)
-        except (ConnectionError, TimeoutError):
-            self._end()
-            raise
-
-    def _read(self, size: int) -> bytes:
-        return os.read(self._stdout, size)
-
-    def send(self, data: bytes) -> None:
-        with self._lock:
-            self._stdin.write(data)
-            self._stdin.flush()
-
-    def recv(self, size: int) -> bytes:
-        if self._pending:
-            data, self._pending = self._pending[:size], self._pending[size:]
-            return data
-        return self._read(size)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._stdin.close()  # the command sees end-of-file
-        self._end()
-
-    def _end(self) -> None:
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.terminate()  # the master closes the session: the command hangs up
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        with contextlib.suppress(OSError):
-            self.process.stdout.close()  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- building one
