@@ -7,7 +7,8 @@ standard library and cloudpickle only, and must never import the rest of ``clust
 A result batch is plain data, so that both sides can read it without sharing classes::
 
     {"host": str, "pid": int, "started": float, "finished": float,
-     "outcomes": [(True, value), (False, failure), ...]}    # one per call, in call order
+     "outcomes": [(True, value), (False, failure), ...],    # one per call, in call order
+     "not_run": int}    # calls failed by their upstream (a pipeline) without running
 
     failure = {"exception": pickled exception | None, "type": "module.Name",
                "message": str, "traceback": str, "exit_code": int | None}
@@ -170,6 +171,7 @@ def run_calls(func: Any, calls: list[tuple[tuple, dict]], upstream: bool = False
     started = time.time()
     outcomes: list[tuple[bool, Any]] = []
     batches: dict[str, Any] = {}
+    not_run = 0
     for args, kwargs in calls:
         try:
             if upstream:
@@ -177,6 +179,7 @@ def run_calls(func: Any, calls: list[tuple[tuple, dict]], upstream: bool = False
             outcomes.append((True, func(*args, **kwargs)))
         except UpstreamFailed as exc:
             outcomes.append((False, exc.failure))
+            not_run += 1
         except SystemExit as exc:
             # Re-raising SystemExit on the client would end the caller's program; report it.
             code = exc.code if isinstance(exc.code, int) else 1
@@ -192,6 +195,8 @@ def run_calls(func: Any, calls: list[tuple[tuple, dict]], upstream: bool = False
         "started": started,
         "finished": time.time(),
         "outcomes": outcomes,
+        # Calls failed by their upstream without running: they say nothing of the pace.
+        "not_run": not_run,
     }
 
 
@@ -463,7 +468,8 @@ def run_task(
         calls = cloudpickle.loads(calls_bytes)
         # Only payloads that name the marker can hold upstream references: others skip the walk.
         upstream = UPSTREAM_KEY.encode() in calls_bytes
-        data = dump_batch(run_calls(_load_function(function_bytes), calls, upstream))
+        batch = run_calls(_load_function(function_bytes), calls, upstream)
+        data = dump_batch(batch)
     except BaseException as exc:  # unpickling failed: a module missing here, say
         message = f"could not load the function or its arguments: {type(exc).__name__}: {exc}"
         print(f"clustrix runner: {message}", file=sys.stderr)
@@ -474,7 +480,9 @@ def run_task(
     # them before the result appears, not when the interpreter exits.
     _flush_output()
     _write_atomically(folder.file("result", task), data)
-    pace.record(time.monotonic() - started, len(calls))
+    ran = len(calls) - batch["not_run"]
+    if ran:  # calls that failed on their upstream at once would make the pace look short
+        pace.record(time.monotonic() - started, ran)
     return True
 
 

@@ -23,6 +23,19 @@ def pid_of(_):
     return os.getpid()
 
 
+def pid_once_two_are_busy(folder):
+    """Return this process's pid after two processes have each taken a task.
+
+    The first task blocks until a second process writes its pid, so the result
+    does not depend on how fast the pool spawns its workers on a loaded machine.
+    """
+    Path(folder, f"{os.getpid()}.pid").touch()
+    deadline = time.monotonic() + 30
+    while len(list(Path(folder).glob("*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
 def fail_on_three(x):
     if x == 3:
         raise KeyError(x)
@@ -48,9 +61,9 @@ def test_context_manager_and_defaults():
         assert executor.submit(power, 4).result(timeout=30) == 16
 
 
-def test_map_uses_several_worker_processes():
+def test_map_uses_several_worker_processes(tmp_path):
     with LocalExecutor(max_workers=2) as executor:
-        pids = set(executor.map(pid_of, range(40), chunksize=1))
+        pids = set(executor.map(pid_once_two_are_busy, [tmp_path] * 2, chunksize=1))
     assert os.getpid() not in pids
     assert len(pids) == 2
 

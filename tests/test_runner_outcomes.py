@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import cloudpickle
@@ -176,3 +177,35 @@ def test_the_pace_takes_short_tasks_while_they_fit_the_budget():
     slow = runner.Pace(started=0.0, time_limit=3600.0, calls_per_task=2)
     slow.record(runner.SHORT_TASK_SECONDS, 1)  # a task of 2 such calls is not short
     assert not slow.allows_another(now=10.0)
+
+
+def _upstream_reference(folder: Path, task: int) -> types.SimpleNamespace:
+    reference = {
+        "job_id": "up",
+        "folder": str(folder),
+        "result": layout.result_file(task),
+        "position": 0,
+        "item": task,
+    }
+    return types.SimpleNamespace(**{runner.UPSTREAM_KEY: reference})
+
+
+def test_calls_failed_by_their_upstream_do_not_make_a_runner_take_other_tasks(tmp_path):
+    # A call whose upstream failed ends at once without running: were that counted as a
+    # short call, its runner would take the calls of tasks that may run for hours, and then
+    # be cancelled with them (the client cancels the tasks of a failed upstream).
+    upstream = tmp_path / "up"
+    upstream.mkdir()
+    failure = {"type": "ValueError", "message": "three is not welcome", "exception": None}
+    for task, outcome in ((0, (False, failure)), (1, (True, 5))):
+        batch = {"outcomes": [outcome]}
+        (upstream / layout.result_file(task)).write_bytes(cloudpickle.dumps(batch))
+    tasks = [[_upstream_reference(upstream, 0)], *[[_upstream_reference(upstream, 1)]] * 2]
+    folder = _job_folder(tmp_path, _printing(), tasks)
+    assert _run(folder, 0) == 0
+    assert _values(folder, 0) == ["clustrix.DependencyFailedError"]
+    assert not (folder / layout.result_file(1)).exists()
+    assert (folder / layout.calls_file(1)).exists() and (folder / layout.calls_file(2)).exists()
+    # A call that ran still counts: the runner of task 1 goes on with task 2.
+    assert _run(folder, 1) == 0
+    assert _values(folder, 1) == _values(folder, 2) == [10]

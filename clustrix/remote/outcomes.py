@@ -211,7 +211,10 @@ class Outcomes:
         job.any_failed = True
         for future in task.futures:
             future.attempts = task.attempts
-        elsewhere = delivered_elsewhere(job) or upstream_lost(job, status)
+        # A taker's status is its own: its end says nothing of this task's upstream.
+        elsewhere = delivered_elsewhere(job) or (
+            upstream_lost(job, status) if taker is None else None
+        )
         if elsewhere is not None:
             return [(future, False, elsewhere) for future in task.futures]
         files = self.fetch(job, [*layout.logs(task.index), layout.SCHEDULER_LOG])
