@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._joblib_hook import register_joblib, watch_for_joblib
+from .checkpointing import checkpoint, on_requeue, restore
 from .config import (
     ClusterConfig,
     configure,
@@ -73,15 +74,18 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerPool",
     "__version__",
+    "checkpoint",
     "cluster",
     "configure",
     "get_config",
     "get_job",
     "jobs",
     "load_config",
+    "on_requeue",
     "pool",
     "register_joblib",
     "reset_config",
+    "restore",
     "save_config",
     "set_login_prompt",
 ]

@@ -5,10 +5,11 @@ parallelised refers to Clustrix's loop runner, so that job must be able to impor
 Clustrix, on a machine where Clustrix is not installed. The job folder then gets
 ``clustrix-runtime.zip``, which the runner puts on ``sys.path``.
 
-The zip's ``clustrix/__init__.py`` is empty on purpose: the package's real one imports the
-client side (configuration, SSH), whose dependencies the job's environment does not have. The
-modules a job imports (``clustrix.loops``, ``clustrix.local``, ``clustrix.runner``, ...) use only
-the standard library and cloudpickle.
+The zip's ``clustrix/__init__.py`` is not the package's: the real one imports the client
+side (configuration, SSH), whose dependencies the job's environment does not have. It only
+offers what a running call may use (``clustrix.checkpoint``, ``restore``, ``on_requeue``). The
+modules a job imports (``clustrix.loops``, ``clustrix.local``, ``clustrix.runner``,
+``clustrix.checkpointing``...) use only the standard library and cloudpickle.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from . import layout
 
 ARCHIVE_NAME = layout.RUNTIME_ZIP
 _PACKAGE = Path(__file__).resolve().parent
-_EMPTY_INIT = b'"""Clustrix modules shipped with a job (see clustrix.job_runtime)."""\n'
+# The package's public names a running call may use; the modules they come from need only
+# the standard library and cloudpickle.
+_RUNTIME_INIT = (
+    b'"""Clustrix modules shipped with a job (see clustrix.job_runtime)."""\n'
+    b"from .checkpointing import checkpoint, on_requeue, restore\n"
+)
 
 
 def payload_needs_runtime(payload_modules: Iterable[str]) -> bool:
@@ -38,7 +44,7 @@ def runtime_archive() -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(_PACKAGE.rglob("*.py")):
             relative = path.relative_to(_PACKAGE.parent).as_posix()
-            content = _EMPTY_INIT if relative == "clustrix/__init__.py" else path.read_bytes()
+            content = _RUNTIME_INIT if relative == "clustrix/__init__.py" else path.read_bytes()
             info = zipfile.ZipInfo(relative, date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o600 << 16

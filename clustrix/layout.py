@@ -35,6 +35,11 @@ TAKEN_TEMPLATE = "taken-{task}-by-{taker}.pkl"
 RESULT_TEMPLATE = "result-{task}.pkl"
 STDOUT_TEMPLATE = "stdout-{task}"
 STDERR_TEMPLATE = "stderr-{task}"
+#: The checkpoint of call ``position`` of ``task`` (``clustrix.checkpoint``), and beside it
+#: ``<name>.json`` with its size and time.
+CHECKPOINT_TEMPLATE = "checkpoint-{task}-{position}.pkl"
+#: Each run of ``task``'s job (a requeue starts another): start, end, reason, host.
+ATTEMPTS_TEMPLATE = "attempts-{task}.json"
 
 #: What the runner needs to know, written into ``job.json``.
 FILES = {
@@ -45,6 +50,8 @@ FILES = {
     "stdout": STDOUT_TEMPLATE,
     "stderr": STDERR_TEMPLATE,
     "runtime": RUNTIME_ZIP,
+    "checkpoint": CHECKPOINT_TEMPLATE,
+    "attempts": ATTEMPTS_TEMPLATE,
 }
 
 
@@ -69,6 +76,16 @@ def stdout_file(task: int | str) -> str:
 
 def stderr_file(task: int | str) -> str:
     return STDERR_TEMPLATE.format(task=task)
+
+
+def checkpoint_file(task: int | str, position: int | str) -> str:
+    """The checkpoint of call ``position`` (its place in the task) of ``task``."""
+    return CHECKPOINT_TEMPLATE.format(task=task, position=position)
+
+
+def attempts_file(task: int | str) -> str:
+    """The record of each run of ``task`` (JSON list, written by the runner)."""
+    return ATTEMPTS_TEMPLATE.format(task=task)
 
 
 def logs(task: int | str) -> tuple[str, str]:

@@ -2,7 +2,8 @@
 
 This file is the part of Clustrix that executes user code, wherever that happens: in a local
 worker process, or (shipped as a single file) on a compute node. It therefore depends on the
-standard library and cloudpickle only, and must never import the rest of ``clustrix``.
+standard library and cloudpickle only, and must never import the rest of ``clustrix`` (but
+for the standalone ``clustrix.checkpointing``, when a payload uses it: see ``call_place``).
 
 A result batch is plain data, so that both sides can read it without sharing classes::
 
@@ -162,21 +163,30 @@ def resolve_upstream(value: Any, batches: dict[str, Any]) -> Any:
     return value
 
 
-def run_calls(func: Any, calls: list[tuple[tuple, dict]], upstream: bool = False) -> dict[str, Any]:
+def run_calls(
+    func: Any,
+    calls: list[tuple[tuple, dict]],
+    upstream: bool = False,
+    checkpoints: str | None = None,
+) -> dict[str, Any]:
     """Run calls in order; whatever happens, describe each outcome instead of raising.
 
     ``upstream``: the arguments may hold upstream references (``resolve_upstream``); a call
-    whose upstream failed fails with that, without running.
+    whose upstream failed fails with that, without running. ``checkpoints``: the path of
+    each call's checkpoint file, with ``{position}`` for the call's place in ``calls``
+    (``clustrix.checkpoint``); None: calls have no checkpoint.
     """
     started = time.time()
     outcomes: list[tuple[bool, Any]] = []
     batches: dict[str, Any] = {}
     not_run = 0
-    for args, kwargs in calls:
+    for position, (args, kwargs) in enumerate(calls):
         try:
             if upstream:
                 args, kwargs = resolve_upstream((args, kwargs), batches)
-            outcomes.append((True, func(*args, **kwargs)))
+            place = checkpoints.format(position=position) if checkpoints else None
+            with call_place(place):
+                outcomes.append((True, func(*args, **kwargs)))
         except UpstreamFailed as exc:
             outcomes.append((False, exc.failure))
             not_run += 1
@@ -198,6 +208,22 @@ def run_calls(func: Any, calls: list[tuple[tuple, dict]], upstream: bool = False
         # Calls failed by their upstream without running: they say nothing of the pace.
         "not_run": not_run,
     }
+
+
+def call_place(path: str | None) -> contextlib.AbstractContextManager[None]:
+    """``clustrix.checkpointing.call_place`` when a call may use it, else a no-op.
+
+    The one module of Clustrix the runner may import: it is standalone, and reachable
+    whenever a payload uses ``clustrix.checkpoint`` (installed locally; in a job, from the
+    runtime zip shipped with any payload naming Clustrix).
+    """
+    if path is None:
+        return contextlib.nullcontext()
+    try:
+        from clustrix.checkpointing import call_place as place
+    except ImportError:  # the payload does not use Clustrix: no call reads the place
+        return contextlib.nullcontext()
+    return place(path)
 
 
 def dump_batch(batch: dict[str, Any]) -> bytes:
