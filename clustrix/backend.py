@@ -98,6 +98,10 @@ class JobBackend(Backend, Protocol):
         """A file of a job folder, "" if missing."""
         ...
 
+    def read_bytes(self, folder: str, name: str) -> bytes | None:
+        """A file of a job folder as it is, None if missing."""
+        ...
+
     def remove_folder(self, folder: str) -> None:
         """Delete a job folder."""
         ...

@@ -208,8 +208,10 @@ def cluster(func: Callable[..., Any] | None = None, **options: Any) -> Any:
     ``parallel``, ``environment``, ``retries`` (re-runs after a worker or node failure, and
     after the exception types listed in ``retry_on``),
     ``timeout`` (seconds), ``profile``, ``executor`` (local: auto, processes, threads, inline),
-    ``cache`` (return stored values of identical calls; the ``cache`` setting) and
-    scheduler-specific options as further keywords.
+    ``cache`` (return stored values of identical calls; the ``cache`` setting),
+    ``requeue`` (times a job warned of its time limit requeues itself, resuming from its
+    last ``clustrix.checkpoint``; the ``max_requeues`` setting) and scheduler-specific
+    options as further keywords.
     """
     if func is not None:
         return ClusterFunction(func, **options)

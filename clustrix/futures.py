@@ -11,11 +11,41 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, InvalidStateError
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClustrixError
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a job that requeues itself (``@cluster(requeue=N)``).
+
+    ``started`` and ``ended`` are epoch seconds (``ended`` None while it runs); ``reason`` says
+    how it ended (``clustrix.requeue``'s words: requeued itself, stopped by the scheduler,
+    finished...); ``scheduler_id`` is the scheduler's id of the job that ran it.
+    """
+
+    number: int
+    host: str
+    scheduler_id: str
+    started: float
+    ended: float | None
+    reason: str
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Attempt:
+        """An attempt from its ``attempts-<task>.json`` entry."""
+        return cls(
+            number=int(record.get("attempt", 0)),
+            host=str(record.get("host", "")),
+            scheduler_id=str(record.get("scheduler_id", "")),
+            started=float(record.get("started", 0.0)),
+            ended=None if record.get("ended") is None else float(record["ended"]),
+            reason=str(record.get("reason", "")),
+        )
 
 
 class ClusterFuture(Future):
@@ -25,7 +55,10 @@ class ClusterFuture(Future):
         super().__init__()
         self.name = name
         self.backend = backend
+        #: Runs of the call so far: resubmissions (``retries``) and requeues count.
         self.attempts = 1
+        #: For a job that requeues itself: each run, in order (``Attempt``).
+        self.attempt_history: list[Attempt] = []
         #: Clustrix's id of a remote job, the scheduler's id, and the job's folder there.
         self.job_id: str | None = None
         self.scheduler_id: str | None = None

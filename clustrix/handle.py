@@ -7,18 +7,26 @@ asks the scheduler how the job is doing, and fetches its results from the job fo
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
+
 from . import layout
 from .backend import JobBackend, job_backend_for
 from .config import ClusterConfig, get_config
 from .errors import ClustrixError, JobNotFoundError
+from .futures import Attempt
 from .progress import gather
 from .store import FINAL_STATES, JobRecord, JobStore, submitter_gone
+
+#: ``Job.attempts`` reads a running job's attempts from its folder up to this many tasks.
+LIVE_ATTEMPT_TASKS = 20
 
 
 class Job:
@@ -153,6 +161,48 @@ class Job:
             return backend.read_log(self._live, self._live.tasks[task], stream)
         name = layout.stdout_file(task) if stream == "stdout" else layout.stderr_file(task)
         return backend.read_file(self.remote_folder, name)
+
+    def attempts(self) -> dict[int, list[Attempt]]:
+        """Each task's runs, for a job that requeues itself (``@cluster(requeue=N)``):
+        ``{task index: [Attempt, ...]}``, oldest first; empty for other jobs.
+
+        Read from the job folder while the job is queued or running (one round trip per
+        task, for jobs of at most ``LIVE_ATTEMPT_TASKS`` tasks), from the store once it
+        ended.
+        """
+        record = self.record
+        found = {int(task): runs for task, runs in record.attempts.items()}
+        if record.state not in FINAL_STATES and len(record.task_sizes) <= LIVE_ATTEMPT_TASKS:
+            backend = self._backend()
+            for task in range(len(record.task_sizes)):
+                text = backend.read_file(self.remote_folder, layout.attempts_file(task))
+                with contextlib.suppress(ValueError):
+                    found[task] = json.loads(text) if text.strip() else found.get(task, [])
+        return {
+            task: [Attempt.from_record(run) for run in runs]
+            for task, runs in sorted(found.items())
+            if runs
+        }
+
+    def restore(self, item: int = 0, default: Any = None) -> Any:
+        """The last state call ``item`` saved with ``clustrix.checkpoint``, read from the job
+        folder, or ``default`` if it saved none (or the folder is gone).
+
+        For a job whose requeues ran out, say, to look at how far it got or to start a new
+        job from there. Raises ClustrixError for an item the job does not have, and what
+        unpickling the state raises (a module missing in this environment).
+        """
+        sizes = self._record.task_sizes
+        if not 0 <= item < sum(sizes):
+            raise ClustrixError(f"job {self.job_id} has items 0 to {sum(sizes) - 1}, not {item}")
+        task, position = 0, item
+        while position >= sizes[task]:  # the task holding the item, and its place there
+            position -= sizes[task]
+            task += 1
+        data = self._backend().read_bytes(
+            self.remote_folder, layout.checkpoint_file(task, position)
+        )
+        return default if data is None else cloudpickle.loads(data)
 
     def remove(self) -> None:
         """Delete the job's remote folder and its store record."""

@@ -52,6 +52,8 @@ def runtime_archive() -> bytes:
     return buffer.getvalue()
 
 
-def shipped_runtime(payload_modules: Iterable[str]) -> dict[str, bytes]:
-    """The job folder's extra files: the runtime zip when the payload needs it, else none."""
-    return {ARCHIVE_NAME: runtime_archive()} if payload_needs_runtime(payload_modules) else {}
+def shipped_runtime(payload_modules: Iterable[str], always: bool = False) -> dict[str, bytes]:
+    """The job folder's extra files: the runtime zip when the payload needs it (or
+    ``always``: the runner itself needs it, for a job that requeues itself), else none."""
+    needed = always or payload_needs_runtime(payload_modules)
+    return {ARCHIVE_NAME: runtime_archive()} if needed else {}

@@ -217,13 +217,24 @@ def call_place(path: str | None) -> contextlib.AbstractContextManager[None]:
     whenever a payload uses ``clustrix.checkpoint`` (installed locally; in a job, from the
     runtime zip shipped with any payload naming Clustrix).
     """
+    global _call_place
     if path is None:
         return contextlib.nullcontext()
-    try:
-        from clustrix.checkpointing import call_place as place
-    except ImportError:  # the payload does not use Clustrix: no call reads the place
-        return contextlib.nullcontext()
-    return place(path)
+    if _call_place is None:
+        try:
+            from clustrix.checkpointing import call_place as place
+        except ImportError:  # the payload does not use Clustrix: no call reads the place
+            place = _no_place
+        _call_place = place
+    return _call_place(path)
+
+
+def _no_place(path: str) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+# Looked up once per process: a failed import is slow, and there may be thousands of calls.
+_call_place: Any = None
 
 
 def dump_batch(batch: dict[str, Any]) -> bytes:
@@ -344,6 +355,8 @@ _DEFAULT_FILES = {
     "stdout": "stdout-{task}",
     "stderr": "stderr-{task}",
     "runtime": "clustrix-runtime.zip",
+    "checkpoint": "checkpoint-{task}-{position}.pkl",
+    "attempts": "attempts-{task}.json",
 }
 
 
@@ -375,10 +388,32 @@ def main(argv: list[str]) -> int:
         sys.path.insert(0, str(shipped))
     function_bytes = folder.file("function", task).read_bytes()
     pace = Pace(started, metadata.get("time_limit"), metadata.get("calls_per_task"))
-    if not run_task(folder, task, claimed, function_bytes, pace):
+    attempts = _watch_for_requeue(folder, task, metadata.get("requeue"))
+    loaded = run_task(folder, task, claimed, function_bytes, pace)
+    if attempts is not None:
+        attempts.end("finished")
+        return 0 if loaded else 4  # its calls may run for hours: no other task's follow
+    if not loaded:
         return 4
     take_others(folder, task, function_bytes, pace, metadata.get("needs") or {})
     return 0
+
+
+def _watch_for_requeue(folder: JobFolder, task: int, settings: dict[str, Any] | None) -> Any:
+    """For a job that requeues itself (``@cluster(requeue=N)``): the task's attempts, with
+    the scheduler's signals handled (``clustrix.requeue``, from the runtime zip); else None."""
+    if not settings:
+        return None
+    from clustrix.requeue import Attempts, watch
+
+    attempts = Attempts(folder.file("attempts", task), settings)
+    record = attempts.begin()
+    if record["attempt"] > 1:  # each attempt's output follows the last one's in the logs
+        banner = f"--- clustrix: attempt {record['attempt']} on {record['host']} ---"
+        print(banner, flush=True)
+        print(banner, file=sys.stderr, flush=True)
+    watch(attempts)
+    return attempts
 
 
 # --------------------------------------------------------------------------- taking work
@@ -494,7 +529,9 @@ def run_task(
         calls = cloudpickle.loads(calls_bytes)
         # Only payloads that name the marker can hold upstream references: others skip the walk.
         upstream = UPSTREAM_KEY.encode() in calls_bytes
-        batch = run_calls(_load_function(function_bytes), calls, upstream)
+        # Each call's checkpoint: checkpoint-TASK-POSITION.pkl ("{position}" filled per call).
+        places = str(folder.path / folder.names["checkpoint"].replace("{task}", str(task)))
+        batch = run_calls(_load_function(function_bytes), calls, upstream, places)
         data = dump_batch(batch)
     except BaseException as exc:  # unpickling failed: a module missing here, say
         message = f"could not load the function or its arguments: {type(exc).__name__}: {exc}"

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT NOT NULL DEFAULT '',
     parts TEXT NOT NULL DEFAULT '[]',
     submitter TEXT NOT NULL DEFAULT '{}',
-    depends_on TEXT NOT NULL DEFAULT '[]'
+    depends_on TEXT NOT NULL DEFAULT '[]',
+    attempts TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
@@ -68,8 +69,17 @@ _ADDED_COLUMNS = {
     "parts": "TEXT NOT NULL DEFAULT '[]'",
     "submitter": "TEXT NOT NULL DEFAULT '{}'",
     "depends_on": "TEXT NOT NULL DEFAULT '[]'",
+    "attempts": "TEXT NOT NULL DEFAULT '{}'",
 }
-_JSON_COLUMNS = ("task_sizes", "connection", "submissions", "parts", "submitter", "depends_on")
+_JSON_COLUMNS = (
+    "task_sizes",
+    "connection",
+    "submissions",
+    "parts",
+    "submitter",
+    "depends_on",
+    "attempts",
+)
 _POOL_JSON_COLUMNS = ("settings", "connection", "worker_jobs", "owner")
 #: A pool's states: starting its workers, open for calls, stopped (by its owner or
 #: ``clustrix pool stop``); a pool whose owner died stays RUNNING until its workers idle out.
@@ -102,6 +112,9 @@ class JobRecord:
     submitter: dict[str, Any] = field(default_factory=dict)
     #: Clustrix ids of the jobs this one takes values from (a pipeline), which it waits for.
     depends_on: list[str] = field(default_factory=list)
+    #: A job that requeues itself: per task (its index as a string), each run's
+    #: ``{"attempt", "host", "scheduler_id", "started", "ended", "reason"}`` (epoch seconds).
+    attempts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def scheduler_ids(self) -> list[str]:

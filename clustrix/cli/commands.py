@@ -30,7 +30,7 @@ from ..config import (
     user_config_dir,
 )
 from ..errors import ClustrixError
-from .jobinfo import chain_details, settle_submission, waits_for
+from .jobinfo import attempt_details, chain_details, settle_submission, waits_for
 
 
 class _Group(click.Group):
@@ -363,6 +363,7 @@ def job_command(job_id: str) -> None:
         ("finished", _when(record.finished)),
     ]
     details += chain_details(job)
+    details += attempt_details(job)
     if record.message:
         details.append(("note", record.message))
     for label, value in details:

@@ -3,6 +3,7 @@ whether its submission settled, and what it waits for (a pipeline's upstream job
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
@@ -52,4 +53,23 @@ def chain_details(job: Any) -> list[tuple[str, str]]:
     dependents = store.dependents(job.job_id)
     if dependents:
         lines.append(("dependents", ", ".join(dependents)))
+    return lines
+
+
+def attempt_details(job: Any) -> list[tuple[str, str]]:
+    """``(label, text)`` lines for ``clustrix job``: each run of a job that requeues itself
+    (task, attempt, start, end, host, how it ended)."""
+    lines = []
+    for task, runs in job.attempts().items():
+        for run in runs:
+            started = time.strftime("%H:%M:%S", time.localtime(run.started))
+            ended = time.strftime("%H:%M:%S", time.localtime(run.ended)) if run.ended else "now"
+            reason = run.reason or "running"
+            lines.append(
+                (
+                    "attempt",
+                    f"task {task} #{run.number}: {started}-{ended} on {run.host} "
+                    f"(job {run.scheduler_id}): {reason}",
+                )
+            )
     return lines

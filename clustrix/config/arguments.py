@@ -25,6 +25,7 @@ ARGUMENT_SETTINGS = {
     "queue": "default_queue",
     "executor": "local_executor",
     "cache": "cache",
+    "requeue": "max_requeues",
 }
 
 #: Decorator arguments that are not settings. ``expected`` keeps the words users know.

@@ -183,6 +183,19 @@ FIELD_SPECS: dict[str, FieldSpec] = {
         nullable=True,
     ),
     "job_store": FieldSpec("str", "SQLite file recording every remote job, to find it again."),
+    "max_requeues": FieldSpec(
+        "int",
+        "Times a job warned of its time limit puts itself back in the queue (SLURM, Grid "
+        "Engine), its call resuming from its last clustrix.checkpoint; also "
+        "@cluster(requeue=N). 0: a job reaching its limit fails.",
+        minimum=0,
+    ),
+    "requeue_grace": FieldSpec(
+        "int",
+        "Seconds before the time limit at which a job with requeues left is warned, to save "
+        "a last checkpoint and requeue itself.",
+        minimum=1,
+    ),
     "cache": FieldSpec(
         "bool",
         "Keep each call's value and return it, without running the call, when the same "
@@ -246,6 +259,8 @@ class ClusterConfig:
     local_executor: str = "auto"
     max_array_size: int | None = None
     job_store: str = "~/.clustrix/jobs.db"
+    max_requeues: int = 0
+    requeue_grace: int = 120
     cache: bool = False
     cache_dir: str = "~/.clustrix/cache"
     progress: str = "auto"

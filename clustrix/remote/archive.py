@@ -34,6 +34,7 @@ def job_files(
     calls_per_task: int | None = None,
     time_limit: float | None = None,
     needs: dict[str, list[str]] | None = None,
+    requeue: dict[str, object] | None = None,
 ) -> dict[str, tuple[bytes, int]]:
     """The folder's files as ``{name: (content, mode)}``; ``tasks`` are pickled call lists,
     ``scripts`` the job scripts of the submissions, ``extra`` further private files.
@@ -41,6 +42,8 @@ def job_files(
     ``calls_per_task`` (the largest task's calls) and ``time_limit`` (a task's limit in
     seconds, None if none) tell the runner how much of other tasks' work it may take on;
     ``needs`` (a pipeline's stage: per task, the upstream result files its calls read) which.
+    ``requeue`` (a job that requeues itself): ``{"max", "signal", "command", "exit_code"}``,
+    read by ``clustrix.requeue.Attempts``.
     """
     metadata = {
         "job_id": job_id,
@@ -53,6 +56,7 @@ def job_files(
         "calls_per_task": calls_per_task,
         "time_limit": time_limit,
         "needs": needs or {},
+        "requeue": requeue,
     }
     files = {
         layout.JOB_JSON: (json.dumps(metadata, indent=1).encode(), 0o600),

@@ -319,6 +319,7 @@ class ClusterBackend:
             cancel = ""
         for task in decision.retry:
             self.staging.resubmit(job, task)
+        self._release(decision.release)
         # The store learns how the job ended before anyone waiting on these results does: a
         # caller may read it, or exit, as soon as its last future is settled.
         cancel = self._finish_if_done(job, decision.settle, cancel=cancel)
@@ -334,6 +335,15 @@ class ClusterBackend:
             self.poller.run_with_next_check(cancel)
         elif cancel:  # no next check for this job
             self.transport.run(cancel, check=False)
+
+    def _release(self, elements: list[str]) -> None:
+        """Let requeued elements start at once, where the scheduler holds them back."""
+        support = self.scheduler.requeue
+        if not elements or support is None or not support.release:
+            return
+        ids = " ".join(shlex.quote(element) for element in sorted(set(elements)))
+        logger.info("starting requeued job(s) %s again at once", ids)
+        self.transport.run(support.release.format(ids=ids), check=False)
 
     def _give_up(self, job: ClusterJob, error: Exception, seconds: float) -> None:
         """Fail the waiting calls of a job whose status checks kept failing; the job is
@@ -400,6 +410,12 @@ class ClusterBackend:
         """A file of a job folder as text, or "" if it does not exist (yet, or any more)."""
         path = shlex.quote(f"{folder}/{name}")
         return self.transport.run(f"cat {path} 2>/dev/null; true", check=False).stdout
+
+    def read_bytes(self, folder: str, name: str) -> bytes | None:
+        """A file of a job folder as it is (a checkpoint), None if it does not exist."""
+        path = shlex.quote(f"{folder}/{name}")
+        result = self.transport.run(f"test -f {path} && cat {path}", check=False)
+        return result.stdout_bytes if result.exit_code == 0 else None
 
     def remove_folder(self, folder: str, also: str = "") -> None:
         """Delete a job folder and everything in it; ``also`` is a shell command started in

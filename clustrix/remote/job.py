@@ -67,6 +67,8 @@ class Task:
     earlier: list[Submission] = field(default_factory=list)
     #: The element of ``submission`` a cancel was sent for, so it is sent once.
     cancelled_element: str | None = None
+    #: A requeued task was asked to start at once (``Outcomes._release_if_requeued``).
+    release_sent: bool = False
 
     def submissions(self) -> list[Submission]:
         """Every submission that ran or runs this task, the current one first."""
@@ -119,6 +121,11 @@ class ClusterJob:
     failing_since: float | None = None
     #: Clustrix ids of the jobs whose results this job's calls take (a pipeline).
     depends_on: list[str] = field(default_factory=list)
+    #: A job that requeues itself (``@cluster(requeue=N)``): job.json's ``requeue``
+    #: (``staging.requeue_settings``), else None.
+    requeue: dict[str, Any] | None = None
+    #: Its tasks' runs as the runner recorded them, by task index as a string (the store's).
+    attempts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: Dependent jobs read this job's folder: it is kept (``keep_folder``).
     folder_kept: bool = False
     folder_removed: bool = False

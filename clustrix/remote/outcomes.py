@@ -31,6 +31,7 @@ from ..futures import ClusterFuture, add_note
 from ..payload import batch_outcomes
 from ..schedulers import JobState, JobStatus, Scheduler
 from ..store import FINAL_STATES
+from . import attempts
 from .job import ClusterJob, Findings, Submission, Task
 
 #: A future and what to settle it with: (future, True, value) or (future, False, exception).
@@ -71,6 +72,8 @@ class Decision:
     settle: list[Settlement] = field(default_factory=list)
     retry: list[Task] = field(default_factory=list)
     cancel: list[str] = field(default_factory=list)
+    #: Elements that requeued themselves and wait to start again (``RequeueSupport.release``).
+    release: list[str] = field(default_factory=list)
 
 
 class Outcomes:
@@ -93,7 +96,11 @@ class Outcomes:
             if key in found.results:
                 files = found.results[key]
                 if files is None:  # too large to inline: fetch it on its own
-                    names = [layout.result_file(task.index), *layout.logs(task.index)]
+                    names = [
+                        layout.result_file(task.index),
+                        *layout.logs(task.index),
+                        layout.attempts_file(task.index),
+                    ]
                     files = self.fetch(job, names)
                 # Still queued, so another task's runner ran these calls: the element would
                 # only start to find them gone. (Cancelled before a retry, too.)
@@ -160,6 +167,10 @@ class Outcomes:
     def _without_result(
         self, job: ClusterJob, task: Task, status: JobStatus, decision: Decision
     ) -> None:
+        if job.requeue and status.state is JobState.PENDING:
+            self._release_if_requeued(job, task, status, decision)
+        else:
+            task.release_sent = False
         task.state = status.state
         if not (status.state.finished or status.state is JobState.UNKNOWN):
             return
@@ -173,11 +184,25 @@ class Outcomes:
         else:
             decision.settle += self.fail(job, task, status)
 
+    def _release_if_requeued(
+        self, job: ClusterJob, task: Task, status: JobStatus, decision: Decision
+    ) -> None:
+        """A job that requeued itself may be held back a while (SLURM: reason BeginTime,
+        about 120 s): ask for it to start at once, once per requeue. A start time the user
+        asked for (the ``begin`` option) is left alone."""
+        asked = job.context is not None and (job.context.options or {}).get("begin")
+        if task.release_sent or asked or status.reason != "BeginTime" or task.submission is None:
+            return
+        task.release_sent = True
+        decision.release.append(task.submission.element_id(task.index, self.scheduler.array_base))
+
     def collect(
         self, job: ClusterJob, task: Task, files: Mapping[str, bytes]
     ) -> list[Settlement] | None:
         """The outcomes of a task whose result arrived; None to run it again (retry_on)."""
         remember_logs(job, task, files)
+        if job.requeue:
+            attempts.remember_attempts(job, task, files)
         where = f"{self.scheduler.name} job {_scheduler_id(task)}"
         try:
             outcomes = batch_outcomes(
@@ -217,7 +242,8 @@ class Outcomes:
         )
         if elsewhere is not None:
             return [(future, False, elsewhere) for future in task.futures]
-        files = self.fetch(job, [*layout.logs(task.index), layout.SCHEDULER_LOG])
+        extra = attempts.files_to_fetch(task) if job.requeue else []
+        files = self.fetch(job, [*layout.logs(task.index), layout.SCHEDULER_LOG, *extra])
         remember_logs(job, task, files)
         scheduler_log = files.get(layout.SCHEDULER_LOG, b"").decode(errors="replace")
         state = status.state
@@ -230,6 +256,8 @@ class Outcomes:
                 f"had its calls taken by task {taker.index} ({self._element(taker)}), which "
                 f"ended without writing their result: that task {what}"
             )
+        runs = attempts.exhausted_words(job, task, files)
+        what += f" {runs}" if runs else ""
         error = _FAILURES.get(state, JobFailedError)(
             f"{where}{self.scheduler.name} job {_scheduler_id(task)} running {job.name!r} "
             f"{what}; its files are kept in {job.folder} on {self.where}",

@@ -36,8 +36,9 @@ _INLINE_LIMIT = 4 * 1024 * 1024
 _RESULT = layout.result_file("$t")
 # collect FOLDER JOB_ID "FIRST-LAST ...": the tasks with a result. Those too large to inline
 # get a line "MARK JOB_ID large TASK" each; the others one line "MARK JOB_ID inline TASK..."
-# followed by their results and non-empty logs as ONE base64 tar (a tar per task costs a
-# few processes each: seconds, when a hundred tasks finish at once).
+# followed by their results, non-empty logs and attempts (a job that requeues itself) as ONE
+# base64 tar (a tar per task costs a few processes each: seconds, when a hundred tasks finish
+# at once).
 _COLLECT_FUNCTION = (
     'collect() { found=""; for range in $3; do for t in $(seq ${range%-*} ${range#*-}); do '
     f'[ -e "$1/{_RESULT}" ] && found="$found $t"; done; done; '
@@ -48,7 +49,8 @@ _COLLECT_FUNCTION = (
     f'*" {_RESULT} "*) echo "{_MARK} $2 large $t";; '
     f'*) small="$small $t"; files="$files {_RESULT}"; '
     f'[ -s "$1/{layout.stdout_file("$t")}" ] && files="$files {layout.stdout_file("$t")}"; '
-    f'[ -s "$1/{layout.stderr_file("$t")}" ] && files="$files {layout.stderr_file("$t")}";; '
+    f'[ -s "$1/{layout.stderr_file("$t")}" ] && files="$files {layout.stderr_file("$t")}"; '
+    f'[ -s "$1/{layout.attempts_file("$t")}" ] && files="$files {layout.attempts_file("$t")}";; '
     "esac; done; "
     '[ -n "$small" ] || return 0; '
     f'echo "{_MARK} $2 inline$small"; '
@@ -286,6 +288,6 @@ def _parse_collected(
             continue
         files = untar(base64.b64decode(next(lines, "")))
         for task in tasks:
-            names = [layout.result_file(task), *layout.logs(task)]
+            names = [layout.result_file(task), *layout.logs(task), layout.attempts_file(task)]
             collected[(job_id, int(task))] = {name: files[name] for name in names if name in files}
     return collected, taken

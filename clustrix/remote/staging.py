@@ -22,7 +22,7 @@ from .. import layout
 from ..calls import CallArgs, CallSpec
 from ..config import ClusterConfig
 from ..environment import modules_named_in_pickle, plan_environment, prepare_local_modules
-from ..errors import ClustrixError, ConnectionFailedError
+from ..errors import ClustrixError, ConfigError, ConnectionFailedError
 from ..job_runtime import shipped_runtime
 from ..payload import function_name, pickle_calls, pickle_function, pickling_for_remote_job
 from ..resources import Resources
@@ -106,7 +106,9 @@ class Stager:
         aligned = None
         if pipeline is not None:
             calls, aligned = pipeline.calls, pipeline.per_task(spec.chunksize)
-        per_task = aligned or calls_per_task(len(calls), spec.chunksize, config)
+        requeue = requeue_settings(config, self.scheduler, spec.resources)
+        # A call that may be requeued runs alone in its task: a task's calls restart together.
+        per_task = 1 if requeue else aligned or calls_per_task(len(calls), spec.chunksize, config)
         chunks = [list(calls[i : i + per_task]) for i in range(0, len(calls), per_task)]
         function_bytes, payloads, modules, plan = self._payload(func, calls, chunks, spec, config)
         report = self.environments.ensure(plan, work_dir, config)
@@ -117,6 +119,9 @@ class Stager:
         job.retry_on = spec.retry_on
         job.set_environment(report)
         context = script_context(config, job_name, folder, python_command(plan, report), options)
+        if requeue:
+            context = replace(context, requeue_grace=config.requeue_grace)
+            job.requeue = requeue
         job.context = context
         job.resources = resources_per_task(spec.resources, per_task)
         parts = plan_parts(len(chunks), max_array, config.max_parallel_jobs, context)
@@ -130,10 +135,11 @@ class Stager:
             function_bytes=function_bytes,
             tasks=payloads,
             scripts={layout.script_file(n): text for n, text in enumerate(scripts)},
-            extra=shipped_runtime(modules),
+            extra=shipped_runtime(modules, always=bool(requeue)),
             calls_per_task=per_task,
             time_limit=job.resources.time_seconds,
             needs=None if pipeline is None else pipeline.needs(per_task),  # taken once ready
+            requeue=requeue,
         )
         record = self._record(job, len(calls), parts)
         return Prepared(job, record, files, parts, pipeline, per_task)
@@ -449,6 +455,43 @@ def part_fields(part: ScriptContext) -> dict[str, Any]:
 def calls_per_task(calls: int, chunksize: int | None, config: ClusterConfig) -> int:
     """Calls each array task runs: ``chunksize``, or few enough tasks for max_parallel_jobs."""
     return chunksize or max(1, math.ceil(calls / config.max_parallel_jobs))
+
+
+def requeue_settings(
+    config: ClusterConfig, scheduler: Scheduler, resources: Resources
+) -> dict[str, Any] | None:
+    """What the runner of a job that requeues itself needs (job.json's ``requeue``), or
+    None for ``max_requeues=0``, and on a plain SSH host (no time limit, no preemption).
+
+    Raises ConfigError for a scheduler whose jobs cannot requeue themselves, and for a
+    ``requeue_grace`` that does not leave the job any time before its warning.
+    """
+    if not config.max_requeues or not scheduler.directive_prefix:
+        return None
+    support = scheduler.requeue
+    if support is None:
+        raise ConfigError(
+            f"requeue={config.max_requeues} is not available on {scheduler.name}: jobs there "
+            "cannot be warned before their time limit and requeue themselves (slurm and sge "
+            "can); use requeue=0 (max_requeues), and retries=N to resubmit lost jobs",
+            field="max_requeues",
+            value=config.max_requeues,
+        )
+    limit = resources.time_seconds
+    if limit is not None and config.requeue_grace >= limit:
+        raise ConfigError(
+            f"requeue_grace={config.requeue_grace} is not valid with a time limit of "
+            f"{limit:g} s: the warning would come before the job starts; ask for a shorter "
+            "requeue_grace (seconds) or a longer time",
+            field="requeue_grace",
+            value=config.requeue_grace,
+        )
+    return {
+        "max": config.max_requeues,
+        "signal": support.signal,
+        "command": support.command,
+        "exit_code": support.exit_code,
+    }
 
 
 def resources_per_task(resources: Resources, per_task: int) -> Resources:

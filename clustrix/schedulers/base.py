@@ -96,6 +96,26 @@ class ScriptContext:
     #: Where the scheduler cannot wait (a plain SSH host): upstream result files to wait
     #: for in the script, each with the session id of the job writing it.
     wait_for: tuple[tuple[str, str], ...] = ()
+    #: A job that requeues itself (``@cluster(requeue=N)``): seconds before the time limit
+    #: at which the scheduler should warn it (``Scheduler.requeue``); None: it does not.
+    requeue_grace: int | None = None
+
+
+@dataclass(frozen=True)
+class RequeueSupport:
+    """How a job of a scheduler puts itself back in the queue (``@cluster(requeue=N)``).
+
+    ``signal`` names the warning the scheduler sends before the time limit (without SIG);
+    ``command`` is run by the job on that warning (a fixed shell command using only the
+    scheduler's own variables; empty: none); then the job exits with ``exit_code``.
+    ``release`` is a client's command that lets requeued jobs start at once (``{ids}``:
+    their ids, space-separated; empty: none), for schedulers that hold them back a while.
+    """
+
+    signal: str
+    command: str
+    exit_code: int
+    release: str = ""
 
 
 def setup_lines(
@@ -166,6 +186,8 @@ class Scheduler:
     element_dependencies: ClassVar[bool] = False
     #: Whether dependencies are waited for by the job script itself (no scheduler).
     waits_in_script: ClassVar[bool] = False
+    #: How its jobs requeue themselves; None where they cannot (``@cluster(requeue=N)``).
+    requeue: ClassVar[RequeueSupport | None] = None
 
     # ------------------------------------------------------------------ hooks
 
