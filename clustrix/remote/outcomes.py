@@ -201,8 +201,6 @@ class Outcomes:
     ) -> list[Settlement] | None:
         """The outcomes of a task whose result arrived; None to run it again (retry_on)."""
         remember_logs(job, task, files)
-        if job.requeue:
-            attempts.remember_attempts(job, task, files)
         where = f"{self.scheduler.name} job {_scheduler_id(task)}"
         try:
             outcomes = batch_outcomes(
@@ -225,6 +223,8 @@ class Outcomes:
             job.any_failed |= not ok
             if not ok and isinstance(value, MemoryError):
                 add_note(value, memory_hint(job, where))
+        if job.requeue:  # after: its runs count as attempts too
+            attempts.remember_attempts(job, task, files)
         return [(f, ok, value) for f, (ok, value) in zip(task.futures, outcomes, strict=True)]
 
     def fail(

@@ -138,7 +138,8 @@ def test_scancel_from_outside_raises_job_cancelled(on_slurm):
 
 def test_time_limit_raises_job_timeout_on_slurm(on_slurm):
     # SLURM counts limits in whole minutes and checks them periodically: expect ~1-2 minutes.
-    @cluster(time="00:00:05")
+    # requeue=0 (the default): the job is not warned and does not requeue itself.
+    @cluster(time="00:00:05", requeue=0)
     def overrun():
         time.sleep(600)
 
@@ -146,6 +147,9 @@ def test_time_limit_raises_job_timeout_on_slurm(on_slurm):
     with pytest.raises(JobTimeoutError) as info:
         future.result(timeout=400)
     assert info.value.state == "TIMEOUT"
+    assert "attempt" not in str(info.value) and future.attempt_history == []
+    script = output_of(on_slurm.transport(), f"cat {future.remote_folder}/job-0.sh")
+    assert "--signal" not in script and "--requeue" not in script
 
 
 def test_time_limit_raises_job_timeout_on_ssh(on_ssh):
