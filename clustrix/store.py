@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     parts TEXT NOT NULL DEFAULT '[]',
     submitter TEXT NOT NULL DEFAULT '{}',
     depends_on TEXT NOT NULL DEFAULT '[]',
-    attempts TEXT NOT NULL DEFAULT '{}'
+    attempts TEXT NOT NULL DEFAULT '{}',
+    requeue TEXT NOT NULL DEFAULT 'null'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
@@ -70,6 +71,7 @@ _ADDED_COLUMNS = {
     "submitter": "TEXT NOT NULL DEFAULT '{}'",
     "depends_on": "TEXT NOT NULL DEFAULT '[]'",
     "attempts": "TEXT NOT NULL DEFAULT '{}'",
+    "requeue": "TEXT NOT NULL DEFAULT 'null'",
 }
 _JSON_COLUMNS = (
     "task_sizes",
@@ -79,6 +81,7 @@ _JSON_COLUMNS = (
     "submitter",
     "depends_on",
     "attempts",
+    "requeue",
 )
 _POOL_JSON_COLUMNS = ("settings", "connection", "worker_jobs", "owner")
 #: A pool's states: starting its workers, open for calls, stopped (by its owner or
@@ -115,6 +118,8 @@ class JobRecord:
     #: A job that requeues itself: per task (its index as a string), each run's
     #: ``{"attempt", "host", "scheduler_id", "started", "ended", "reason"}`` (epoch seconds).
     attempts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: How its tasks requeue themselves (job.json's ``requeue``), or None.
+    requeue: dict[str, Any] | None = None
 
     @property
     def scheduler_ids(self) -> list[str]:

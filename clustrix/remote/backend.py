@@ -270,6 +270,7 @@ class ClusterBackend:
             record.job_id, record.remote_folder, record.function, None, record.task_sizes, config, 0
         )
         job.depends_on = list(record.depends_on)
+        job.requeue, job.attempts = record.requeue, dict(record.attempts)
         for values in record.submissions:
             submission = Submission(**values)
             for task in job.tasks[submission.offset : submission.offset + submission.count]:

@@ -181,6 +181,7 @@ class Stager:
             parts=[part_fields(part) for part in parts],
             submitter=this_process(),
             depends_on=list(job.depends_on),
+            requeue=job.requeue,
         )
 
     # ------------------------------------------------------------------ submitting

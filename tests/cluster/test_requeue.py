@@ -52,6 +52,7 @@ def _environ(test_cluster, **settings):
     return env
 
 
+@pytest.mark.timeout(900)
 def test_a_long_count_requeues_itself_past_its_time_limit_and_resumes(on_slurm):
     # Submitted by a process that exits at once: the job requeues itself with nobody watching.
     done = subprocess.run(
