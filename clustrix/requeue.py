@@ -66,12 +66,9 @@ class Attempts:
 
     def begin(self) -> dict[str, Any]:
         """Record the start of a new attempt (an earlier one left open ended unseen)."""
-        try:
-            self.records = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.records = []
+        self.records = self._read()
         if self.records and self.records[-1].get("ended") is None:
-            self.records[-1].update(ended=time.time(), reason=VANISHED, ended_unseen=True)
+            self.records[-1].update(ended=time.time(), reason=VANISHED)
         record = {
             "attempt": len(self.records) + 1,
             "host": socket.gethostname(),
@@ -86,17 +83,35 @@ class Attempts:
 
     def end(self, reason: str) -> None:
         """Record how the current attempt ended."""
-        with self._lock:
-            if self.records and self.records[-1].get("ended") is None:
-                self.records[-1].update(ended=time.time(), reason=reason)
-                self._write()
+        self._change(ended=time.time(), reason=reason)
 
     def note(self, text: str) -> None:
         """Add a remark to the current attempt (it goes on running)."""
+        self._change(note=text)
+
+    def _change(self, **fields: Any) -> None:
+        """Change this attempt's record in the file as it is now: a later attempt may have
+        begun meanwhile (an old run stopped late, after its node was declared lost), and
+        its record must not be written over."""
         with self._lock:
-            if self.records:
-                self.records[-1]["note"] = text
-                self._write()
+            if not self.records:
+                return
+            number = self.records[-1]["attempt"]
+            records = self._read() or self.records
+            for record in records:
+                if record.get("attempt") == number:
+                    if "reason" in fields and record.get("ended") is not None:
+                        return  # recorded as ended already (by a later attempt's start)
+                    record.update(fields)
+            self.records = records
+            self._write()
+
+    def _read(self) -> list[dict[str, Any]]:
+        try:
+            records = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return records if isinstance(records, list) else []
 
     def _write(self) -> None:
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -122,8 +137,10 @@ def _on_warning(attempts: Attempts) -> None:
         attempts.note(WARNED_NO_REQUEUE)
         print(f"clustrix: {WARNED_NO_REQUEUE}", file=sys.stderr, flush=True)
         return
-    # From here on the job is going away: a stop signal must not cut the requeue short.
+    # From here on the job is going away: neither a stop signal nor a repeated warning (Grid
+    # Engine may send it twice) may cut the requeue short.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(getattr(signal, f"SIG{attempts.settings.get('signal', 'USR1')}"), signal.SIG_IGN)
     _save(attempts)
     attempts.end(REQUEUED)
     print(f"clustrix: {REQUEUED}", file=sys.stderr, flush=True)

@@ -40,7 +40,15 @@ from typing import ClassVar
 from .. import layout
 from ..errors import SchedulerUnavailableError
 from ..resources import Resources, format_clock
-from .base import JobState, JobStatus, Scheduler, ScriptContext, clock_seconds, plain_job_name
+from .base import (
+    JobState,
+    JobStatus,
+    RequeueSupport,
+    Scheduler,
+    ScriptContext,
+    clock_seconds,
+    plain_job_name,
+)
 
 _QSTAT_START = "--clustrix-qstat--"
 _QSTAT_EXIT = "--clustrix-qstat-exit--"
@@ -81,6 +89,10 @@ class SgeScheduler(Scheduler):
     directive_prefix = "#$"
     supports_arrays = True
     job_id_variable = "JOB_ID"
+    # The soft walltime s_rt sends SIGUSR1 (sometimes twice); a job that exits with 99 is
+    # rescheduled with its id and task (RESTARTED=1), whatever the queue's rerun setting,
+    # starting again some 15 s later once its host has cleaned up. Verified on SGE 8.1.9.
+    requeue = RequeueSupport(signal="USR1", command="", exit_code=99)
     array_index_expression = "$SGE_TASK_ID"
     array_base = 1
     option_help: ClassVar[dict[str, str]] = {
@@ -110,6 +122,13 @@ class SgeScheduler(Scheduler):
             lines.append("-l " + ",".join(f"{r.strip()}={per_slot}M" for r in memory_resources))
         if resources.time_seconds is not None:
             lines.append(f"-l h_rt={format_clock(resources.time_seconds)}")
+        if context.requeue_grace is not None:
+            # -r y: an admin's `qmod -rj` (a preemption) reschedules it too. Not -notify: with
+            # it, a rescheduled job was lost instead (SGE 8.1.9).
+            lines.append("-r y")
+            if resources.time_seconds is not None:
+                warning = max(1, resources.time_seconds - context.requeue_grace)
+                lines.append(f"-l s_rt={format_clock(warning)}")
         if resources.gpus:
             lines.append(f"-l {gpu_resource}={resources.gpus}")
         if resources.queue:  # partition= is SLURM's; SGE and PBS have queues

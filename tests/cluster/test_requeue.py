@@ -127,3 +127,30 @@ def test_when_requeues_run_out_the_time_limit_fails_naming_attempts_and_checkpoi
     assert "checkpoint-0-0.pkl" in message and "restore()" in message, message
     assert clustrix.get_job(future.job_id).restore() > 0
     assert len(future.attempt_history) == 2
+
+
+@cluster(time="00:01:00", requeue=3)
+def count_each_second(total):
+    import time
+
+    state = clustrix.restore({"count": 0, "starts": []})
+    state["starts"].append(state["count"])
+    while state["count"] < total:
+        time.sleep(1.0)
+        state["count"] += 1
+        clustrix.checkpoint(state)
+    return state
+
+
+@pytest.mark.timeout(600)
+def test_a_grid_engine_job_requeues_itself_at_its_soft_time_limit(on_sge):
+    # s_rt = h_rt - requeue_grace sends SIGUSR1; exit status 99 makes Grid Engine run the
+    # job again (about 15 s later here), with the same id.
+    clustrix.configure(requeue_grace=30)
+    future = count_each_second.submit(50)
+    state = future.result(timeout=500)
+    assert state["count"] == 50
+    assert len(state["starts"]) >= 2 and all(s > 0 for s in state["starts"][1:]), state
+    reasons = [attempt.reason for attempt in future.attempt_history]
+    assert reasons == [requeue.REQUEUED] * (len(reasons) - 1) + [requeue.FINISHED]
+    assert {attempt.scheduler_id for attempt in future.attempt_history} == {future.scheduler_id}
