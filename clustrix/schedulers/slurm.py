@@ -77,13 +77,15 @@ class SlurmScheduler(Scheduler):
     element_dependencies = True
     array_index_expression = "$SLURM_ARRAY_TASK_ID"
     # SLURM_JOB_ID is an array element's own id too. A requeued job waits about 120 s
-    # (reason BeginTime) before it may start again; its owner may start it at once with
-    # StartTime=now (verified on SLURM 22.05, as an unprivileged user).
+    # (reason BeginTime) before it may start again; its owner may bring that forward with
+    # StartTime (verified on SLURM 22.05, as an unprivileged user). Not to "now": slurmd
+    # refuses a run whose credential dates from the second the last run's was revoked
+    # ("Job credential revoked"), so a few seconds later.
     requeue = RequeueSupport(
         signal="USR1",
         command='scontrol requeue "$SLURM_JOB_ID"',
         exit_code=0,
-        release="for id in {ids}; do scontrol update jobid=$id starttime=now; done",
+        release="for id in {ids}; do scontrol update jobid=$id starttime=now+3; done",
     )
     option_help: ClassVar[dict[str, str]] = {
         "constraint": "node features required (--constraint)",
