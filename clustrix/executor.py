@@ -21,6 +21,7 @@ from typing import Any
 from .backend import Backend, backend_for
 from .cache import cached_batch, cached_call
 from .calls import CallArgs, CallSpec, Submitted, columns
+from .checkpointing import call_place, current_place, remove_saved
 from .config import ARGUMENT_SETTINGS, ARGUMENT_SPECS, ClusterConfig, check_argument, resolve_config
 from .futures import ClusterFuture, chain
 from .local import LocalExecutor, in_worker
@@ -33,7 +34,22 @@ CALL_ARGUMENTS = tuple(ARGUMENT_SPECS)
 
 
 def _apply_chunk(func: Callable[..., Any], chunk: list[tuple]) -> list[Any]:
-    return [func(*items) for items in chunk]
+    """The calls of one chunk of ``map``, run locally as one call.
+
+    Each call gets a checkpoint place of its own, next to the chunk's (calls sharing one
+    would restore each other's state), removed once the call has succeeded.
+    """
+    place = current_place()
+    if place is None or len(chunk) == 1:
+        return [func(*items) for items in chunk]
+    stem = place.removesuffix(".pkl")
+    results = []
+    for index, items in enumerate(chunk):
+        own = f"{stem}-{index}.pkl"
+        with call_place(own):
+            results.append(func(*items))
+        remove_saved(own)
+    return results
 
 
 class Executor(cf.Executor):

@@ -3,7 +3,7 @@
 This file is the part of Clustrix that executes user code, wherever that happens: in a local
 worker process, or (shipped as a single file) on a compute node. It therefore depends on the
 standard library and cloudpickle only, and must never import the rest of ``clustrix`` (but
-for the standalone ``clustrix.checkpointing``, when a payload uses it: see ``call_place``).
+for the standalone ``clustrix.checkpointing``, when a payload uses it: see ``_call_places``).
 
 A result batch is plain data, so that both sides can read it without sharing classes::
 
@@ -180,25 +180,25 @@ def run_calls(
     outcomes: list[tuple[bool, Any]] = []
     batches: dict[str, Any] = {}
     not_run = 0
-    for position, (args, kwargs) in enumerate(calls):
-        try:
-            if upstream:
-                args, kwargs = resolve_upstream((args, kwargs), batches)
-            place = checkpoints.format(position=position) if checkpoints else None
-            with call_place(place):
+    places = _call_places(checkpoints)
+    with places or contextlib.nullcontext():
+        for args, kwargs in calls if places is None else places.each(calls):
+            try:
+                if upstream:
+                    args, kwargs = resolve_upstream((args, kwargs), batches)
                 outcomes.append((True, func(*args, **kwargs)))
-        except UpstreamFailed as exc:
-            outcomes.append((False, exc.failure))
-            not_run += 1
-        except SystemExit as exc:
-            # Re-raising SystemExit on the client would end the caller's program; report it.
-            code = exc.code if isinstance(exc.code, int) else 1
-            outcomes.append((False, _failure(exc, exit_code=code)))
-        except BaseException as exc:
-            # KeyboardInterrupt, asyncio.CancelledError, GeneratorExit...: the failure of
-            # this one call, raised again by the caller; the batch's other calls still run
-            # and keep their results.
-            outcomes.append((False, _failure(exc)))
+            except UpstreamFailed as exc:
+                outcomes.append((False, exc.failure))
+                not_run += 1
+            except SystemExit as exc:
+                # Re-raising SystemExit on the client would end the caller's program; report.
+                code = exc.code if isinstance(exc.code, int) else 1
+                outcomes.append((False, _failure(exc, exit_code=code)))
+            except BaseException as exc:
+                # KeyboardInterrupt, asyncio.CancelledError, GeneratorExit...: the failure of
+                # this one call, raised again by the caller; the batch's other calls still
+                # run and keep their results.
+                outcomes.append((False, _failure(exc)))
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -210,31 +210,28 @@ def run_calls(
     }
 
 
-def call_place(path: str | None) -> contextlib.AbstractContextManager[None]:
-    """``clustrix.checkpointing.call_place`` when a call may use it, else a no-op.
+_NOT_LOADED: Any = object()
+_checkpointing: Any = _NOT_LOADED
+
+
+def _call_places(template: str | None) -> Any:
+    """``clustrix.checkpointing.call_places(template)``, or None when calls have no place:
+    no template, or a payload that does not use Clustrix (then no call reads one).
 
     The one module of Clustrix the runner may import: it is standalone, and reachable
     whenever a payload uses ``clustrix.checkpoint`` (installed locally; in a job, from the
-    runtime zip shipped with any payload naming Clustrix).
+    runtime zip shipped with any payload naming Clustrix). Looked up once per process.
     """
-    global _call_place
-    if path is None:
-        return contextlib.nullcontext()
-    if _call_place is None:
+    global _checkpointing
+    if template is None:
+        return None
+    if _checkpointing is _NOT_LOADED:
         try:
-            from clustrix.checkpointing import call_place as place
-        except ImportError:  # the payload does not use Clustrix: no call reads the place
-            place = _no_place
-        _call_place = place
-    return _call_place(path)
-
-
-def _no_place(path: str) -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext()
-
-
-# Looked up once per process: a failed import is slow, and there may be thousands of calls.
-_call_place: Any = None
+            from clustrix import checkpointing as module
+        except ImportError:
+            module = None  # type: ignore[assignment]
+        _checkpointing = module
+    return None if _checkpointing is None else _checkpointing.call_places(template)
 
 
 def dump_batch(batch: dict[str, Any]) -> bytes:
@@ -278,15 +275,23 @@ def _load_function(function_bytes: bytes) -> Any:
     return func
 
 
-def run_pickled_batch(function_bytes: bytes, calls_bytes: bytes) -> bytes:
+def run_pickled_batch(
+    function_bytes: bytes, calls_bytes: bytes, checkpoints: str | None = None
+) -> bytes:
     """Run a batch of ``(args, kwargs)`` pairs with one function; return the pickled batch.
 
     Batching lets thousands of tiny calls share one round trip to a worker.
+    ``checkpoints``: each call's checkpoint file, with ``{position}`` for its place in the
+    batch (see ``run_calls``); None: the calls have none. The checkpoints of the calls that
+    succeed are removed; a failed call's stays, so that a retry resumes from it.
     """
     # Only payloads that name the marker can hold upstream references: others skip the walk.
     upstream = UPSTREAM_KEY.encode() in calls_bytes
     calls = cloudpickle.loads(calls_bytes)
-    return dump_batch(run_calls(_load_function(function_bytes), calls, upstream))
+    batch = run_calls(_load_function(function_bytes), calls, upstream, checkpoints)
+    if checkpoints is not None and _checkpointing is not None:  # run_calls looked it up
+        _checkpointing.remove_succeeded(checkpoints, (ok for ok, _ in batch["outcomes"]))
+    return dump_batch(batch)
 
 
 # --------------------------------------------------------------------------- as a script

@@ -17,10 +17,12 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
+from clustrix.futures import ClusterFuture
 from clustrix.job_runtime import runtime_archive
 from clustrix.pools import files
 from clustrix.pools.calls import run_fitting
 from clustrix.pools.relay import encode, read_frame
+from clustrix.pools.tasks import PoolTask
 
 PYTHON = shlex.quote(sys.executable)
 
@@ -43,6 +45,7 @@ def _queue(folder: Path, task_id: str, calls: list, **fields) -> None:
         "count": len(calls),
         "seconds": fields.pop("seconds", None),
         "timeout": fields.pop("timeout", None),
+        **fields,
     }
     order = time.time_ns() // 1000
     name = files.task_name(order, record["seconds"], task_id)
@@ -254,3 +257,34 @@ def test_a_result_record_pickles_plain_data(tmp_path):
     record = pickle.loads((folder / files.RESULTS / "a").read_bytes())
     assert set(record) == {"id", "worker", "job", "batch", "stdout", "stderr"}
     assert record["job"].startswith("pid ")
+
+
+def test_a_task_queued_again_keeps_the_key_its_checkpoints_are_named_by():
+    task = PoolTask("first", "f", len, [ClusterFuture("f", "pool")], {"count": 1}, [], 1)
+    assert task.message() == {"count": 1, "id": "first", "key": "first"}
+    task.again()
+    assert task.id != "first" and task.message()["key"] == "first"
+    template = files.checkpoint_template(Path("/pools/{odd}"), task.key)
+    assert template.format(position=2) == "/pools/{odd}/checkpoints/first-2.pkl"
+
+
+def test_a_lost_call_queued_again_resumes_from_its_checkpoint(tmp_path):
+    def resume(n):
+        import os
+
+        import clustrix
+
+        state = clustrix.restore()
+        if state is None:
+            clustrix.checkpoint({"done": n * 10})
+            os._exit(1)  # lost with its call process, as with its worker's node
+        return state["done"] + 1, clustrix.checkpointing.current_place()
+
+    folder = _pool(tmp_path, resume)
+    _queue(folder, "first", [(4,)], key="k")
+    _queue(folder, "again", [(4,)], key="k")  # as the client queues a lost task
+    _worker(folder, "w0", idle=1.0).communicate(timeout=60)
+    assert "its process died" in files.read_record(folder / files.LOST / "first")["reason"]
+    place = str(folder / files.CHECKPOINTS / "k-0.pkl")
+    assert _outcomes(_results(folder)["again"]) == [(True, (41, place))]
+    assert not list((folder / files.CHECKPOINTS).iterdir()), "removed once it succeeded"

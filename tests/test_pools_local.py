@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,19 @@ def pid_and_double(x):
 @cluster
 def fails(x):
     raise KeyError(f"no item {x}")
+
+
+def resume_after_crash(n):
+    state = clustrix.restore()
+    if state is None:
+        clustrix.checkpoint({"done": n * 10})
+        os._exit(1)  # the first attempt dies with its worker process
+    return state["done"] + 1
+
+
+def checkpoint_and_fail(n):
+    clustrix.checkpoint({"n": n})
+    raise ValueError(f"item {n} fails")
 
 
 def sleep_then(seconds, value):
@@ -91,3 +105,17 @@ def test_cancelled_calls_are_not_counted_as_done(local):
         done = [f for f in queued if not f.cancelled()]
         cf.wait(done, timeout=60)
         assert pool.status()["calls_done"] == 1 + len(done)
+
+
+def test_a_call_retried_after_its_worker_died_resumes_from_its_checkpoint(local):
+    with clustrix.pool(workers=2, retries=1) as pool:
+        folder = Path.home() / ".clustrix" / "checkpoints" / pool.pool_id
+        future = pool.submit(resume_after_crash, 4)
+        assert future.result(timeout=60) == 41
+        assert future.attempts == 2
+        assert not [p for p in folder.rglob("*") if p.is_file()], "removed once it succeeded"
+        with pytest.raises(ValueError):
+            pool.submit(checkpoint_and_fail, 1).result(timeout=60)
+        kept = [p.name for p in folder.rglob("*.pkl")]
+        assert kept == ["0-0.pkl"], "a failed call keeps its checkpoint while the pool is open"
+    assert not folder.exists(), "closing the pool removes its checkpoints"

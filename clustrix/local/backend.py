@@ -3,6 +3,11 @@
 Without a cluster configured, this is where calls go. Maps of many small calls travel to the
 workers in batches; a call with a ``timeout``, ``retries`` or a progress bar gets a future of
 its own instead.
+
+Every call gets a checkpoint place (``clustrix.checkpoint``; see ``checkpoints`` for where),
+the same for each of its retries, so that a retry of a call that crashed its worker resumes
+from the checkpoint the crashed attempt saved. A call's checkpoint is removed once it has
+succeeded; a call that failed for good keeps it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from ..calls import NO_KEYWORDS, CallArgs, CallSpec, Submitted, columns
 from ..errors import NodeFailureError, WorkerCrashedError
 from ..futures import ClusterFuture
 from ..progress import gather
-from . import available_cores, shared_executor
+from . import available_cores, checkpoints, shared_executor
 from .executor import LocalExecutor
 
 if TYPE_CHECKING:  # the pools import no settings: a job's shipped runtime has no PyYAML
@@ -38,6 +43,10 @@ class LocalBackend:
         """The shared pool for ``config``: as many workers as cores, or max_parallel_jobs."""
         return shared_executor(self.capacity(config), config.local_executor)
 
+    def checkpoint_folder(self) -> str:
+        """A new folder for one submission's checkpoints (made when a call checkpoints)."""
+        return checkpoints.new_folder()
+
     def capacity(self, config: ClusterConfig) -> int:
         return min(available_cores(), config.max_parallel_jobs)
 
@@ -55,10 +64,15 @@ class LocalBackend:
         config: ClusterConfig,
     ) -> Submitted:
         executor = self.executor(config)
+        folder = self.checkpoint_folder()
 
-        def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ClusterFuture:
+        def start(item: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ClusterFuture:
+            place = checkpoints.call_file(folder, item)
+
             def once() -> ClusterFuture:
-                return executor.submit_call(func, args, kwargs, timeout=spec.timeout)
+                return executor.submit_call(
+                    func, args, kwargs, timeout=spec.timeout, checkpoint=place
+                )
 
             if spec.retries == 0:
                 return once()
@@ -66,12 +80,14 @@ class LocalBackend:
 
         futures: list[ClusterFuture] = []
         try:
-            for args, kwargs in calls:
-                futures.append(start(args, kwargs))
+            for item, (args, kwargs) in enumerate(calls):
+                futures.append(start(item, args, kwargs))
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+        finally:
+            checkpoints.remove_when_done(folder, futures)
         return Submitted(futures)
 
     def map(
@@ -88,12 +104,17 @@ class LocalBackend:
             return []
         positional = all(kwargs is NO_KEYWORDS or not kwargs for _, kwargs in calls)
         if not (spec.timeout or spec.retries or progress) and positional:
-            return self.executor(config).map(
-                func,
-                *columns(calls),
-                chunksize=spec.chunksize,
-                return_exceptions=return_exceptions,
-            )
+            folder = self.checkpoint_folder()
+            try:
+                return self.executor(config).map(
+                    func,
+                    *columns(calls),
+                    chunksize=spec.chunksize,
+                    return_exceptions=return_exceptions,
+                    checkpoints=folder,
+                )
+            finally:
+                checkpoints.remove_if_empty(folder)
         # Per-call deadlines, re-runs and a bar need one future per call, not batches.
         submitted = self.submit(func, calls, spec, config)
         try:

@@ -42,16 +42,23 @@ def expire_after(future: ClusterFuture, timeout: float, consequence: str) -> Non
 
 
 def submit_with_deadline(
-    func: Callable[..., Any], function_bytes: bytes, calls_bytes: bytes, timeout: float
+    func: Callable[..., Any],
+    function_bytes: bytes,
+    calls_bytes: bytes,
+    timeout: float,
+    checkpoints: str | None = None,
 ) -> ClusterFuture:
-    """Run one pickled call in a process of its own, stopped after ``timeout`` seconds."""
+    """Run one pickled call in a process of its own, stopped after ``timeout`` seconds.
+
+    ``checkpoints`` is the call's checkpoint template (``runner.run_pickled_batch``), or None.
+    """
     name = function_name(func)
     future = ClusterFuture(name, "local:process")
     context = process_context()
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
         target=child_main,
-        args=(sender, function_bytes, calls_bytes, os.getpid()),
+        args=(sender, function_bytes, calls_bytes, os.getpid(), checkpoints),
         daemon=True,
     )
 

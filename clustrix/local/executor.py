@@ -10,6 +10,12 @@ Every process started here ends with the process that started it, however that o
 (``SIGKILL`` and ``os._exit`` included; see ``lifetime``), and a call that was cancelled
 before it started never starts, even if the pool had already queued it for a worker (see
 ``gate``).
+
+Checkpoints (``clustrix.checkpoint``): a call run here has the checkpoint place its caller
+gives (the local backend gives every call one, see ``checkpoints``); without one, as for a
+bare ``LocalExecutor`` or a decorated call nested in another call, ``checkpoint`` does
+nothing and ``restore`` returns its default. A call's checkpoint is removed when it
+succeeds; a failed call's is kept, so that running it again at the same place resumes.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from ..checkpointing import call_places, remove_succeeded
 from ..errors import ConfigError
 from ..futures import ClusterFuture, add_note, chain, mark_cancelled, resolved, settle
 from ..payload import (
@@ -33,11 +40,12 @@ from ..payload import (
     pickle_calls,
     pickle_function,
 )
+from .checkpoints import as_template, batch_template
 from .deadline import WHERE, expire_after, submit_with_deadline
 from .gate import batch_data
 from .kinds import KINDS
 from .pools import WorkerPools
-from .worker import capture, in_local_worker, in_worker, run_inline
+from .worker import capture, capture_at, capture_in_batch, in_local_worker, in_worker, run_at
 
 __all__ = [
     "KINDS",
@@ -77,7 +85,8 @@ class LocalExecutor:
 
     ``kind`` is ``"auto"`` (processes, or threads when a call cannot be pickled),
     ``"processes"``, ``"threads"`` or ``"inline"``. ``max_workers`` defaults to the cores
-    available to this process.
+    available to this process. Calls have no checkpoint place unless one is given
+    (``submit_call``'s ``checkpoint``, ``map``'s and ``run_calls``' ``checkpoints``).
     """
 
     def __init__(self, max_workers: int | None = None, kind: str = "auto") -> None:
@@ -157,25 +166,31 @@ class LocalExecutor:
         kwargs: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        checkpoint: str | None = None,
     ) -> ClusterFuture:
-        """Start one call; with ``timeout`` it runs in a process of its own that can be killed."""
+        """Start one call; with ``timeout`` (seconds) it runs in a process of its own that
+        can be killed. ``checkpoint`` is the call's checkpoint file (None: it has none);
+        give the same one to each run of a call, so that a run resumes where the last
+        stopped. It is removed when the call succeeds, kept when it fails."""
         kwargs = kwargs or {}
         kind = self.choose_kind(func, args, kwargs)
         name = function_name(func)
         if kind == "inline":
-            return resolved(name, "local:inline", capture(func, args, kwargs))
+            return resolved(name, "local:inline", capture_at(func, args, kwargs, checkpoint))
         if kind == "threads":
             future = ClusterFuture(name, "local:threads")
-            chain(self._pools.thread_pool().submit(run_inline, func, args, kwargs), future)
+            threads = self._pools.thread_pool()
+            chain(threads.submit(run_at, func, args, kwargs, checkpoint), future)
             if timeout is not None:
                 expire_after(future, timeout, "a thread cannot be stopped; it may still be running")
             return future
         function_bytes = pickle_function(func)
         calls_bytes = pickle_calls(func, [(args, kwargs)])
+        template = None if checkpoint is None else as_template(checkpoint)
         if timeout is not None:
-            return submit_with_deadline(func, function_bytes, calls_bytes, timeout)
+            return submit_with_deadline(func, function_bytes, calls_bytes, timeout, template)
         future = ClusterFuture(name, "local:processes")
-        pool, inner, cancel = self._pools.submit_batch(function_bytes, calls_bytes)
+        pool, inner, cancel = self._pools.submit_batch(function_bytes, calls_bytes, template)
         future.bind_cancel(cancel)
         inner.add_done_callback(lambda done: self._settle_single(done, future, pool, func))
         return future
@@ -204,10 +219,20 @@ class LocalExecutor:
         *iterables: Iterable[Any],
         chunksize: int | None = None,
         return_exceptions: bool = False,
+        checkpoints: str | None = None,
     ) -> list[Any]:
-        """``[func(*items) for items in zip(*iterables)]`` in parallel, results in input order."""
+        """``[func(*items) for items in zip(*iterables)]`` in parallel, results in input order.
+
+        ``checkpoints``: see ``run_calls``.
+        """
         calls: list[CallArgs] = [(tuple(items), {}) for items in zip(*iterables, strict=False)]
-        return self.run_calls(func, calls, chunksize=chunksize, return_exceptions=return_exceptions)
+        return self.run_calls(
+            func,
+            calls,
+            chunksize=chunksize,
+            return_exceptions=return_exceptions,
+            checkpoints=checkpoints,
+        )
 
     def run_calls(
         self,
@@ -216,8 +241,14 @@ class LocalExecutor:
         *,
         chunksize: int | None = None,
         return_exceptions: bool = False,
+        checkpoints: str | None = None,
     ) -> list[Any]:
-        """Run many argument sets of one function; results (or exceptions) in input order."""
+        """Run many argument sets of one function; results (or exceptions) in input order.
+
+        ``checkpoints``: a folder for the calls' checkpoints (made when a call first
+        checkpoints; ``checkpoints.batch_template`` names them), or None for none. The
+        checkpoints of the calls that succeed are removed, those of failed calls kept.
+        """
         if not calls:
             return []
         if chunksize is not None:
@@ -226,17 +257,39 @@ class LocalExecutor:
         kind = self.choose_kind(func, first_args, first_kwargs)
         if kind == "processes":
             size = chunksize or auto_chunksize(len(calls), self.max_workers)
-            outcomes = self._run_batches(func, calls, size, return_exceptions)
+            outcomes = self._run_batches(func, calls, size, return_exceptions, checkpoints)
         elif kind == "threads":
-            inner = [self._pools.thread_pool().submit(capture, func, a, k) for a, k in calls]
+            template = None if checkpoints is None else batch_template(checkpoints, 0)
+            threads = self._pools.thread_pool()
+            inner = [
+                threads.submit(capture_in_batch, func, a, k, template, item)
+                for item, (a, k) in enumerate(calls)
+            ]
             outcomes = _gather(inner, return_exceptions)
+            if template is not None:
+                remove_succeeded(template, (ok for ok, _ in outcomes))
         else:
-            outcomes = []
-            for args, kwargs in calls:
+            outcomes = self._run_inline(func, calls, return_exceptions, checkpoints)
+        return _unwrap_outcomes(outcomes, return_exceptions)
+
+    def _run_inline(
+        self,
+        func: Callable[..., Any],
+        calls: Sequence[CallArgs],
+        return_exceptions: bool,
+        checkpoints: str | None,
+    ) -> list[tuple[bool, Any]]:
+        """The calls one after another in this thread, as one batch (``run_calls``)."""
+        template = None if checkpoints is None else batch_template(checkpoints, 0)
+        outcomes: list[tuple[bool, Any]] = []
+        with call_places(template) as places:
+            for args, kwargs in places.each(calls):
                 outcomes.append(capture(func, args, kwargs))
                 if not outcomes[-1][0] and not return_exceptions:
                     break
-        return _unwrap_outcomes(outcomes, return_exceptions)
+        if template is not None:
+            remove_succeeded(template, (ok for ok, _ in outcomes))
+        return outcomes
 
     def _run_batches(
         self,
@@ -244,15 +297,18 @@ class LocalExecutor:
         calls: Sequence[CallArgs],
         chunksize: int,
         return_exceptions: bool,
+        checkpoints: str | None = None,
     ) -> list[tuple[bool, Any]]:
         function_bytes = pickle_function(func)
-        batches = [calls[start : start + chunksize] for start in range(0, len(calls), chunksize)]
+        starts = range(0, len(calls), chunksize)
+        batches = [calls[start : start + chunksize] for start in starts]
         submitted: list[tuple[ProcessPoolExecutor, Future, Callable[[], bool]]] = []
         outcomes: list[tuple[bool, Any]] = []
         try:
-            for batch in batches:
+            for start, batch in zip(starts, batches, strict=True):
                 calls_bytes = pickle_calls(func, batch)
-                submitted.append(self._pools.submit_batch(function_bytes, calls_bytes))
+                template = None if checkpoints is None else batch_template(checkpoints, start)
+                submitted.append(self._pools.submit_batch(function_bytes, calls_bytes, template))
             for batch, (pool, done, _) in zip(batches, submitted, strict=True):
                 try:
                     batch_results = batch_outcomes(batch_data(done), where=WHERE, func=func)

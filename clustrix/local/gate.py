@@ -30,8 +30,16 @@ def install_gate(states: Any, lock: Any) -> None:
     _GATE = (states, lock)
 
 
-def gated_batch(ticket: tuple[int, int], function_bytes: bytes, calls_bytes: bytes) -> Any:
-    """In a worker: run the batch, or return None if it was cancelled before starting."""
+def gated_batch(
+    ticket: tuple[int, int],
+    function_bytes: bytes,
+    calls_bytes: bytes,
+    checkpoints: str | None = None,
+) -> Any:
+    """In a worker: run the batch, or return None if it was cancelled before starting.
+
+    ``checkpoints``: the calls' checkpoint template (``runner.run_pickled_batch``), or None.
+    """
     slot, seq = ticket
     if slot >= 0 and _GATE is not None:
         states, lock = _GATE
@@ -42,7 +50,7 @@ def gated_batch(ticket: tuple[int, int], function_bytes: bytes, calls_bytes: byt
                 states[slot] = seq
             finally:
                 lock.release()
-    return runner.run_pickled_batch(function_bytes, calls_bytes)
+    return runner.run_pickled_batch(function_bytes, calls_bytes, checkpoints)
 
 
 def batch_data(inner: Future) -> bytes:

@@ -90,18 +90,19 @@ class WorkerPools:
                 self._processes = None
 
     def submit_batch(
-        self, function_bytes: bytes, calls_bytes: bytes
+        self, function_bytes: bytes, calls_bytes: bytes, checkpoints: str | None = None
     ) -> tuple[ProcessPoolExecutor, Future, Callable[[], bool]]:
         """Submit one batch; also returns how to cancel it until the moment it starts.
 
-        The batch's future holds None if its gate stopped it.
+        ``checkpoints`` is the calls' checkpoint template (``runner.run_pickled_batch``), or
+        None. The batch's future holds None if its gate stopped it.
         """
         pool = self.process_pool()
         with self._lock:
             gate = self._gates[pool]
         ticket = gate.ticket()
         try:
-            inner = pool.submit(gated_batch, ticket, function_bytes, calls_bytes)
+            inner = pool.submit(gated_batch, ticket, function_bytes, calls_bytes, checkpoints)
         except BaseException:
             gate.release(ticket)
             raise

@@ -3,6 +3,10 @@
 A worker process is marked in its environment, a worker thread (or an inline call) by a
 depth counter in the thread, so that decorated calls made inside a call run inline instead
 of starting workers of their own.
+
+Each call runs at its checkpoint place (``clustrix.checkpointing.call_place``), given by the
+caller: a file path, or None for no checkpoints. The checkpoint of a call that succeeded is
+removed; a failed call's stays, so that a retry resumes from it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import runner
+from ..checkpointing import CHECKPOINT_ENV, call_place, call_places, remove_saved
 from .gate import install_gate
 from .lifetime import end_with_parent
 
@@ -37,6 +42,9 @@ def in_local_worker() -> bool:
 
 def _mark_process_worker() -> None:
     os.environ[_IN_WORKER_ENV] = "local"
+    # A worker forked while its parent ran a call would otherwise hand that call's place to
+    # every call it runs: each call gets its own, from the caller.
+    os.environ.pop(CHECKPOINT_ENV, None)
     # Ctrl-C in a terminal and a notebook's "interrupt kernel" signal the whole process group.
     # The caller decides what an interrupt means; a worker that died of it would break the
     # pool for every later call. A handler (unlike SIG_IGN) is not inherited across exec, so
@@ -55,11 +63,20 @@ def init_pool_worker(parent_pid: int, gate_states: Any, gate_lock: Any) -> None:
     install_gate(gate_states, gate_lock)
 
 
-def child_main(connection: Any, function_bytes: bytes, calls_bytes: bytes, parent_pid: int) -> None:
-    """Body of a process of its own (a call with a timeout): run it, send back the outcome."""
+def child_main(
+    connection: Any,
+    function_bytes: bytes,
+    calls_bytes: bytes,
+    parent_pid: int,
+    checkpoints: str | None = None,
+) -> None:
+    """Body of a process of its own (a call with a timeout): run it, send back the outcome.
+
+    ``checkpoints``: the call's checkpoint template (``runner.run_pickled_batch``), or None.
+    """
     end_with_parent(parent_pid)
     _mark_process_worker()
-    connection.send_bytes(runner.run_pickled_batch(function_bytes, calls_bytes))
+    connection.send_bytes(runner.run_pickled_batch(function_bytes, calls_bytes, checkpoints))
     connection.close()
 
 
@@ -72,9 +89,43 @@ def run_inline(func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         _thread_state.depth -= 1
 
 
+def run_at(func: Callable[..., Any], args: tuple, kwargs: dict, place: str | None) -> Any:
+    """``run_inline`` as a call whose checkpoint is at ``place`` (None: it has none, even
+    inside another call); the checkpoint is removed if the call succeeds."""
+    with call_place(place):
+        value = run_inline(func, args, kwargs)
+    if place is not None:
+        remove_saved(place)
+    return value
+
+
 def capture(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> tuple[bool, Any]:
     """``run_inline`` as an outcome: ``(True, value)`` or ``(False, exception)``."""
     try:
         return True, run_inline(func, args, kwargs)
     except Exception as exc:
         return False, exc
+
+
+def capture_at(
+    func: Callable[..., Any], args: tuple, kwargs: dict[str, Any], place: str | None
+) -> tuple[bool, Any]:
+    """``run_at`` as an outcome: ``(True, value)`` or ``(False, exception)``."""
+    try:
+        return True, run_at(func, args, kwargs, place)
+    except Exception as exc:
+        return False, exc
+
+
+def capture_in_batch(
+    func: Callable[..., Any],
+    args: tuple,
+    kwargs: dict[str, Any],
+    template: str | None,
+    position: int,
+) -> tuple[bool, Any]:
+    """``capture`` as call ``position`` of a batch whose checkpoints are at ``template``
+    (``clustrix.checkpointing.call_places``); the caller removes those of calls that
+    succeeded, for the whole batch at once."""
+    with call_places(template, position):
+        return capture(func, args, kwargs)

@@ -9,16 +9,20 @@ stops a call past its ``timeout``, and notices a call that killed its process.
 Requests arrive on file descriptor IN, one JSON line each::
 
     {"task": path of the claimed task, "function": path of its pickled function,
-     "stdout": path, "stderr": path, "deadline": epoch seconds or null}
+     "stdout": path, "stderr": path, "deadline": epoch seconds or null,
+     "checkpoints": the calls' checkpoint template (``{position}`` left in) or null}
 
 and each answer on OUT is a line ``<length>`` followed by that many bytes: the result batch
 (``clustrix.runner``'s format). A call whose walltime (the task's ``seconds``, per call) would
 not fit before the worker's deadline is not started: the batch then ends with the calls that
 ran, and the client queues the rest again. While the calls run, file descriptors 1 and 2
 point at the request's ``stdout`` and ``stderr`` files, so whatever the call prints (from
-Python, C code or a subprocess) is kept per task.
+Python, C code or a subprocess) is kept per task. Each call's checkpoint place is the
+request's template for its position (``clustrix.pools.files``); the checkpoint of a call that
+succeeded is removed, a failed call's kept for the task's next run to resume from.
 
-Standard library, cloudpickle and ``clustrix.runner`` only: this module runs on the cluster.
+Standard library, cloudpickle, ``clustrix.runner`` and the standalone
+``clustrix.checkpointing`` only: this module runs on the cluster.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 import cloudpickle
 
 from .. import runner
+from ..checkpointing import remove_succeeded
 from . import files
 
 
@@ -63,19 +68,28 @@ class Calls:
             calls = cloudpickle.loads(task["calls"])
         except BaseException as exc:  # a module missing here, say: every call fails with it
             return _payload_failure(exc, task.get("count", 1))
+        checkpoints = request.get("checkpoints")
         with _output_to(request["stdout"], request["stderr"]):
-            batch = run_fitting(func, calls, task.get("seconds"), request.get("deadline"))
+            batch = run_fitting(
+                func, calls, task.get("seconds"), request.get("deadline"), checkpoints
+            )
+        if checkpoints is not None:
+            remove_succeeded(checkpoints, (ok for ok, _ in batch["outcomes"]))
         return runner.dump_batch(batch)
 
 
 def run_fitting(
-    func: Any, calls: list[Any], seconds: float | None, deadline: float | None
+    func: Any,
+    calls: list[Any],
+    seconds: float | None,
+    deadline: float | None,
+    checkpoints: str | None = None,
 ) -> dict[str, Any]:
-    """``runner.run_calls``, but no call starts unless its ``seconds`` fit before
-    ``deadline`` (epoch seconds): the batch then holds the outcomes of the calls that ran,
-    and the client queues the others again."""
+    """``runner.run_calls`` (``checkpoints`` is its template), but no call starts unless
+    its ``seconds`` fit before ``deadline`` (epoch seconds): the batch then holds the
+    outcomes of the calls that ran, and the client queues the others again."""
     if not seconds or deadline is None:
-        return runner.run_calls(func, calls)
+        return runner.run_calls(func, calls, checkpoints=checkpoints)
 
     def fitting() -> Any:
         for call in calls:
@@ -83,7 +97,8 @@ def run_fitting(
                 return
             yield call
 
-    return runner.run_calls(func, fitting())  # type: ignore[arg-type]  # any iterable
+    # Any iterable of calls will do.
+    return runner.run_calls(func, fitting(), checkpoints=checkpoints)  # type: ignore[arg-type]
 
 
 def _payload_failure(exc: BaseException, count: int) -> bytes:

@@ -304,7 +304,8 @@ class ClusterWorkers:
 
     def _remainder(self, task: PoolTask, ran: int) -> PoolTask:
         """The calls of ``task`` after its first ``ran``, as a task of their own (a worker
-        had no walltime left for them: they did not start, so no attempt is counted)."""
+        had no walltime left for them: they did not start, so no attempt is counted, and
+        their checkpoints, if any, are named by the new task's own key)."""
         calls = task.calls[ran:]
         with pickling_for_remote_job():
             payload = pickle_calls(task.func, calls)

@@ -10,6 +10,10 @@ login node and the workers on the compute nodes; nothing else connects them::
     claimed/<worker>/<name>    a task a worker took, by renaming it out of the queue
     results/<task id>          what a worker hands back (pickled dict, see ``Result``)
     lost/<task id>             a task whose worker stopped before finishing it
+    checkpoints/<key>-<position>.pkl
+                               the checkpoint of call ``position`` of the task whose calls
+                               were first queued under id ``key`` (a task queued again
+                               keeps its key), and beside it ``<name>.json``, its size and time
     workers/<worker>.json      each worker's heartbeat: state, deadline, calls done
     relay.alive                touched every second while the client's relay runs
     stop                       present once the pool is stopped: workers leave
@@ -17,6 +21,9 @@ login node and the workers on the compute nodes; nothing else connects them::
 Every file appears whole: it is written under a temporary name and renamed. A rename within
 one file system is atomic (POSIX; NFS renames are atomic on the server), which is also how a
 task is claimed by exactly one worker.
+
+A call's checkpoint is removed once the call has succeeded; a failed call's stays until the
+pool is stopped and its folder removed, so that the call, queued again, resumes from it.
 
 Standard library only: this module runs on the cluster.
 """
@@ -34,11 +41,12 @@ QUEUE = "queue"
 CLAIMED = "claimed"
 RESULTS = "results"
 LOST = "lost"
+CHECKPOINTS = "checkpoints"
 WORKERS = "workers"
 RELAY_ALIVE = "relay.alive"
 RELAY_LOG = "relay.log"
 STOP = "stop"
-FOLDERS = (FUNCTIONS, QUEUE, CLAIMED, RESULTS, LOST, WORKERS)
+FOLDERS = (FUNCTIONS, QUEUE, CLAIMED, RESULTS, LOST, CHECKPOINTS, WORKERS)
 
 
 def task_name(order: int, seconds: float | None, task_id: str) -> str:
@@ -55,6 +63,13 @@ def parse_task_name(name: str) -> tuple[int, str] | None:
     if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
         return None
     return int(parts[1]), parts[2]
+
+
+def checkpoint_template(folder: Path, key: str) -> str:
+    """The checkpoint file of each call of the task with ``key``, with ``{position}`` for
+    the call's place in the task (``runner.run_calls``'s ``checkpoints``)."""
+    escaped = str(folder / CHECKPOINTS).replace("{", "{{").replace("}", "}}")
+    return f"{escaped}{os.sep}{key}-{{position}}.pkl"
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -23,7 +23,12 @@ def new_task_id() -> str:
 
 @dataclass
 class PoolTask:
-    """Calls sent to the workers together (one claim, one result)."""
+    """Calls sent to the workers together (one claim, one result).
+
+    ``key`` names the calls' checkpoints in the pool's folder (``files.checkpoint_template``):
+    the task's first id, kept when it is queued again under a new one (``again``), so that a
+    call lost with its worker resumes from the checkpoint it saved there.
+    """
 
     id: str
     name: str
@@ -38,12 +43,17 @@ class PoolTask:
     attempts: int = 1
     queued: bool = False
     workers: list[str] = field(default_factory=list)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.id
 
     def message(self) -> dict[str, Any]:
-        return {**self.record, "id": self.id}
+        return {**self.record, "id": self.id, "key": self.key}
 
     def again(self) -> PoolTask:
-        """The same calls as a new task (a new id: a late copy of the old one is ignored)."""
+        """The same calls as a new task (a new id: a late copy of the old one is ignored;
+        the same ``key``: the calls find their checkpoints)."""
         self.attempts += 1
         self.id = new_task_id()
         self.queued = False

@@ -13,7 +13,8 @@ or when no queued task fits in the walltime it has left. SIGTERM (``scancel``, p
 scheduler's time limit) stops the call running and gives its task back as lost, so that the
 client runs it again elsewhere.
 
-Standard library only: this module runs on the cluster.
+Standard library and the standalone ``clustrix.checkpointing`` only: this module runs on the
+cluster.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..checkpointing import CHECKPOINT_ENV
 from . import files
 
 # The walltime a worker keeps in hand: it takes no task that would end within it.
@@ -66,6 +68,9 @@ class CallProcess:
         request_read, self.request_write = os.pipe()
         self.answer_read, answer_write = os.pipe()
         env = dict(os.environ)
+        # The worker job's own call may have its checkpoint place in the environment; the
+        # pooled calls get theirs, one per call, from each request.
+        env.pop(CHECKPOINT_ENV, None)
         runtime = str(folder / "clustrix-runtime.zip")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [runtime, env.get("PYTHONPATH")]))
         # ``python`` is the environment's interpreter command, already quoted for the shell.
@@ -209,7 +214,8 @@ class Worker:
         if child is None:
             child = self.children[task["python"]] = CallProcess(task["python"], self.folder)
         function = self.folder / files.FUNCTIONS / f"{task['function']}.pkl"
-        request = {"task": str(path), "function": str(function)}
+        checkpoints = files.checkpoint_template(self.folder, task.get("key") or task["id"])
+        request = {"task": str(path), "function": str(function), "checkpoints": checkpoints}
         child.start({**request, "stdout": str(out), "stderr": str(err), "deadline": self.deadline})
         timeout = task.get("timeout")
         began = time.monotonic()
