@@ -181,7 +181,7 @@ def _config(**settings):
 
 def test_requeue_settings_per_scheduler():
     from clustrix import ConfigError
-    from clustrix.remote.staging import requeue_settings
+    from clustrix.remote.requeues import requeue_settings
     from clustrix.resources import Resources
     from clustrix.schedulers import scheduler_for
 

@@ -32,11 +32,13 @@ from ..store import JobRecord, JobStore
 from ..transport.base import Transport
 from .archive import untar
 from .connect import make_transport
+from .dependencies import freeing_command
 from .environments import Environments
 from .interrupts import interrupts_held
 from .job import ClusterJob, Findings, Submission, Task
 from .outcomes import Decision, Outcomes, Settlement, final_state
 from .poller import Poller
+from .requeues import release_command
 from .staging import Stager
 
 logger = logging.getLogger("clustrix.remote")
@@ -165,8 +167,12 @@ class ClusterBackend:
         job = prepared.job
         # Ctrl-C between the scheduler accepting the job and its ids being recorded would
         # leave a job running that nothing tracks: it is held back until the ids are known.
-        with interrupts_held() as interrupted:
-            ids = self.staging.submit(prepared, self.work_dir)
+        try:
+            with interrupts_held() as interrupted:
+                ids = self.staging.submit(prepared, self.work_dir)
+        finally:
+            if prepared.pipeline is not None:
+                prepared.pipeline.held.recorded()
         logger.info(
             "submitted %s (%d call(s), %d task(s)) as %s job(s) %s in %s",
             job.name,
@@ -326,7 +332,8 @@ class ClusterBackend:
         cancel = self._finish_if_done(job, decision.settle, cancel=cancel)
         for future, ok, value in decision.settle:
             settle(future, ok, value)
-        if cancel and (job.folder_kept or job.store.dependents(job.job_id)):
+        dependents = job.store.dependents(job.job_id) if cancel else []
+        if cancel and (job.folder_kept or dependents) and not self._free(job, dependents):
             # A pipeline waits for these elements to succeed (afterok, aftercorr): cancelling
             # them would fail its jobs. They start, find their calls run, and end at once.
             # Checked after settling: a dependent that looked earlier saw the futures done,
@@ -337,14 +344,20 @@ class ClusterBackend:
         elif cancel:  # no next check for this job
             self.transport.run(cancel, check=False)
 
+    def _free(self, job: ClusterJob, dependents: list[str]) -> bool:
+        """Whether ``job``'s queued elements may be cancelled although jobs depend on it:
+        their dependency cleared first (``dependencies.freeing_command``)."""
+        command = freeing_command(job, dependents, self.scheduler)
+        if command:
+            self.transport.run(command, check=False)
+        return command is not None
+
     def _release(self, elements: list[str]) -> None:
-        """Let requeued elements start at once, where the scheduler holds them back."""
-        support = self.scheduler.requeue
-        if not elements or support is None or not support.release:
-            return
-        ids = " ".join(shlex.quote(element) for element in sorted(set(elements)))
-        logger.info("starting requeued job(s) %s again at once", ids)
-        self.transport.run(support.release.format(ids=ids), check=False)
+        """Let requeued elements start again soon (``requeues.release_command``)."""
+        command = release_command(self.scheduler, elements)
+        if command:
+            logger.info("starting requeued job element(s) %s again", " ".join(elements))
+            self.transport.run(command, check=False)
 
     def _give_up(self, job: ClusterJob, error: Exception, seconds: float) -> None:
         """Fail the waiting calls of a job whose status checks kept failing; the job is

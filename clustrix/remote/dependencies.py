@@ -18,6 +18,7 @@ dependents (``ClusterJob.keep_folder``, ``JobStore.dependents``).
 
 from __future__ import annotations
 
+import shlex
 import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -82,6 +83,8 @@ class Pipeline:
     shapes: dict[str, tuple[list[int], list[tuple[str, int, int, bool]]]] = field(
         default_factory=dict
     )
+    #: The upstream jobs held until this submission is recorded (``Held.recorded``).
+    held: Held = field(default_factory=lambda: Held())
 
     @property
     def job_ids(self) -> list[str]:
@@ -233,15 +236,37 @@ def find_upstream(calls: Sequence[CallArgs], backend: str, scheduler: Scheduler)
     finder = _Finder(backend, scheduler)
     new_calls: list[CallArgs] = []
     upstream: list[list[UpstreamCall]] = []
-    for args, kwargs in calls:
-        finder.found = []
-        new_args = tuple(finder.replace(value) for value in args)
-        new_kwargs = {name: finder.replace(value) for name, value in kwargs.items()}
-        new_calls.append((new_args, new_kwargs) if finder.found else (args, kwargs))
-        upstream.append(finder.found)
+    try:
+        for args, kwargs in calls:
+            finder.found = []
+            new_args = tuple(finder.replace(value) for value in args)
+            new_kwargs = {name: finder.replace(value) for name, value in kwargs.items()}
+            new_calls.append((new_args, new_kwargs) if finder.found else (args, kwargs))
+            upstream.append(finder.found)
+    except BaseException:
+        finder.pipeline_held.recorded()
+        raise
     if not any(upstream):
         return None
-    return Pipeline(new_calls, upstream, finder.shapes)
+    return Pipeline(new_calls, upstream, finder.shapes, finder.pipeline_held)
+
+
+@dataclass
+class Held:
+    """Upstream jobs whose elements a submission being prepared will wait on (each once per
+    call waiting), released with ``recorded`` once it is in the job store (or failed)."""
+
+    jobs: list[ClusterJob] = field(default_factory=list)
+
+    def add(self, job: ClusterJob) -> None:
+        job.hold_elements(+1)
+        self.jobs.append(job)
+
+    def recorded(self) -> None:
+        """The submission is in the store, or will never be: release every hold, once."""
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            job.hold_elements(-1)
 
 
 class _Finder:
@@ -252,6 +277,7 @@ class _Finder:
         self.scheduler = scheduler
         self.found: list[UpstreamCall] = []
         self.shapes: dict[str, tuple[list[int], list[tuple[str, int, int, bool]]]] = {}
+        self.pipeline_held = Held()
 
     def replace(self, value: Any) -> Any:
         if isinstance(value, Future):
@@ -301,6 +327,8 @@ class _Finder:
             error = upstream_error(future, call)
             if error is not None:
                 raise error
+        else:
+            self.pipeline_held.add(job)
         self._shape(job.job_id, [len(t.futures) for t in job.tasks], _job_submissions(job))
         self.found.append(call)
         return call.reference()
@@ -366,3 +394,30 @@ def _job_submissions(job: ClusterJob) -> list[tuple[str, int, int, bool]]:
         if sub is not None and sub.scheduler_id not in seen:
             seen[sub.scheduler_id] = (sub.scheduler_id, sub.offset, sub.count, sub.is_array)
     return list(seen.values())
+
+
+def freeing_command(job: ClusterJob, dependents: list[str], scheduler: Scheduler) -> str | None:
+    """The command that stops ``dependents`` (job ids) from waiting on ``job`` on the
+    scheduler ("" when none has a scheduler id to clear), or None while they must wait.
+
+    Once every call of ``job`` succeeded and every job a dependent waits on completed, the
+    dependent's dependency is no longer needed (its calls read the results from the
+    folders), so it may be cleared (``Scheduler.dependency_clear``): ``job``'s queued
+    elements, whose calls another element ran, can then be cancelled instead of being
+    started and ended one by one before the next stage may start. Not while a dependent is
+    still being submitted (``ClusterJob.dependents_preparing``).
+    """
+    template = scheduler.dependency_clear
+    if not template or job.any_failed or not job.recorded_final or job.dependents_preparing:
+        return None
+    ids: list[str] = []
+    for dependent in dependents:
+        record = job.store.get(dependent)
+        if record is None or not record.submissions:
+            return None  # still being submitted: its dependency is not there to clear
+        upstream = [job.store.get(job_id) for job_id in record.depends_on]
+        if any(u is None or u.state != "COMPLETED" for u in upstream):
+            return None
+        ids += record.scheduler_ids
+    quoted = " ".join(shlex.quote(scheduler_id) for scheduler_id in ids)
+    return template.format(ids=quoted) if ids else ""

@@ -122,14 +122,23 @@ class ClusterJob:
     #: Clustrix ids of the jobs whose results this job's calls take (a pipeline).
     depends_on: list[str] = field(default_factory=list)
     #: A job that requeues itself (``@cluster(requeue=N)``): job.json's ``requeue``
-    #: (``staging.requeue_settings``), else None.
+    #: (``requeues.requeue_settings``), else None.
     requeue: dict[str, Any] | None = None
     #: Its tasks' runs as the runner recorded them, by task index as a string (the store's).
     attempts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: Dependent jobs read this job's folder: it is kept (``keep_folder``).
     folder_kept: bool = False
+    #: Dependents being prepared whose calls wait on this job's elements (``hold_elements``).
+    dependents_preparing: int = 0
     folder_removed: bool = False
     _folder_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def hold_elements(self, change: int) -> None:
+        """Count dependents being submitted that will wait on this job's elements on the
+        scheduler (+1 each, -1 once recorded in the store): until they are recorded, queued
+        elements must not be cancelled (``ClusterBackend._free``)."""
+        with self._folder_lock:
+            self.dependents_preparing += change
 
     def keep_folder(self) -> bool:
         """Keep the folder for a job about to read it; False if it was removed already."""

@@ -31,7 +31,7 @@ from ..futures import ClusterFuture, add_note
 from ..payload import batch_outcomes
 from ..schedulers import JobState, JobStatus, Scheduler
 from ..store import FINAL_STATES
-from . import attempts
+from . import requeues
 from .job import ClusterJob, Findings, Submission, Task
 
 #: A future and what to settle it with: (future, True, value) or (future, False, exception).
@@ -224,7 +224,7 @@ class Outcomes:
             if not ok and isinstance(value, MemoryError):
                 add_note(value, memory_hint(job, where))
         if job.requeue:  # after: its runs count as attempts too
-            attempts.remember_attempts(job, task, files)
+            requeues.remember_attempts(job, task, files)
         return [(f, ok, value) for f, (ok, value) in zip(task.futures, outcomes, strict=True)]
 
     def fail(
@@ -242,7 +242,7 @@ class Outcomes:
         )
         if elsewhere is not None:
             return [(future, False, elsewhere) for future in task.futures]
-        extra = attempts.files_to_fetch(task) if job.requeue else []
+        extra = requeues.files_to_fetch(task) if job.requeue else []
         files = self.fetch(job, [*layout.logs(task.index), layout.SCHEDULER_LOG, *extra])
         remember_logs(job, task, files)
         scheduler_log = files.get(layout.SCHEDULER_LOG, b"").decode(errors="replace")
@@ -256,7 +256,7 @@ class Outcomes:
                 f"had its calls taken by task {taker.index} ({self._element(taker)}), which "
                 f"ended without writing their result: that task {what}"
             )
-        runs = attempts.exhausted_words(job, task, files)
+        runs = requeues.exhausted_words(job, task, files)
         what += f" {runs}" if runs else ""
         error = _FAILURES.get(state, JobFailedError)(
             f"{where}{self.scheduler.name} job {_scheduler_id(task)} running {job.name!r} "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,18 +21,25 @@ from .. import layout
 from ..calls import CallArgs, CallSpec
 from ..config import ClusterConfig
 from ..environment import modules_named_in_pickle, plan_environment, prepare_local_modules
-from ..errors import ClustrixError, ConfigError, ConnectionFailedError
+from ..errors import ClustrixError, ConnectionFailedError
 from ..job_runtime import shipped_runtime
 from ..payload import function_name, pickle_calls, pickle_function, pickling_for_remote_job
-from ..resources import Resources
 from ..schedulers import JobState, Scheduler, ScriptContext
-from ..schedulers.base import ArraySpec
 from ..store import JobRecord, JobStore, this_process
 from ..transport.base import Transport
 from .archive import job_files, tar_bytes
 from .dependencies import Pipeline, find_upstream
 from .environments import Environments, python_command
-from .job import ClusterJob, Submission, Task, index_ranges, new_job_id
+from .job import ClusterJob, Submission, Task, new_job_id
+from .parts import (
+    calls_per_task,
+    index_text,
+    part_fields,
+    plan_parts,
+    resources_per_task,
+    script_context,
+)
+from .requeues import requeue_settings
 
 logger = logging.getLogger("clustrix.remote")
 
@@ -103,6 +109,29 @@ class Stager:
         # Futures of other jobs among the arguments: references, and what to wait for.
         backend = f"{self.scheduler.name}:{self.transport.where}"
         pipeline = find_upstream(calls, backend, self.scheduler)
+        try:
+            return self._prepared(
+                func, calls, spec, config, job_name, options, pipeline, work_dir, max_array, new_job
+            )
+        except BaseException:
+            if pipeline is not None:  # never recorded: its upstream elements are free
+                pipeline.held.recorded()
+            raise
+
+    def _prepared(
+        self,
+        func: Callable[..., Any],
+        calls: Sequence[CallArgs],
+        spec: CallSpec,
+        config: ClusterConfig,
+        job_name: str,
+        options: dict[str, Any],
+        pipeline: Pipeline | None,
+        work_dir: str,
+        max_array: int,
+        new_job: JobFactory,
+    ) -> Prepared:
+        """``prepare``'s work once the upstream calls are found."""
         aligned = None
         if pipeline is not None:
             calls, aligned = pipeline.calls, pipeline.per_task(spec.chunksize)
@@ -424,107 +453,3 @@ def record_submission(job: ClusterJob, submission: Submission) -> None:
         for future in task.futures:
             future.scheduler_id = submission.scheduler_id
     job.store.add_submission(job.job_id, asdict(submission))
-
-
-def plan_parts(
-    tasks: int, largest: int, max_parallel_jobs: int, context: ScriptContext
-) -> list[ScriptContext]:
-    """Contexts of the submissions running tasks ``0 .. tasks-1``: arrays of at most
-    ``largest`` elements (1: a job per task).
-
-    When a map needs several arrays, they share ``max_parallel_jobs`` between them (at
-    least one running task each), so splitting does not multiply the tasks running at once.
-    """
-    spans = [(start, min(largest, tasks - start)) for start in range(0, tasks, largest)]
-    arrays = sum(1 for _, count in spans if count > 1)
-    share = max(1, max_parallel_jobs // max(1, arrays))
-    return [
-        replace(context, array=ArraySpec(start, count, min(share, count)))
-        if count > 1
-        else replace(context, array=None, task=start)
-        for start, count in spans
-    ]
-
-
-def part_fields(part: ScriptContext) -> dict[str, Any]:
-    """The tasks one submission runs, as the job store records them."""
-    if part.array is None:
-        return {"offset": part.task, "count": 1, "is_array": False}
-    return {"offset": part.array.offset, "count": part.array.count, "is_array": True}
-
-
-def calls_per_task(calls: int, chunksize: int | None, config: ClusterConfig) -> int:
-    """Calls each array task runs: ``chunksize``, or few enough tasks for max_parallel_jobs."""
-    return chunksize or max(1, math.ceil(calls / config.max_parallel_jobs))
-
-
-def requeue_settings(
-    config: ClusterConfig, scheduler: Scheduler, resources: Resources
-) -> dict[str, Any] | None:
-    """What the runner of a job that requeues itself needs (job.json's ``requeue``), or
-    None for ``max_requeues=0``, and on a plain SSH host (no time limit, no preemption).
-
-    Raises ConfigError for a scheduler whose jobs cannot requeue themselves, and for a
-    ``requeue_grace`` that does not leave the job any time before its warning.
-    """
-    if not config.max_requeues or not scheduler.directive_prefix:
-        return None
-    support = scheduler.requeue
-    if support is None:
-        raise ConfigError(
-            f"requeue={config.max_requeues} is not available on {scheduler.name}: jobs there "
-            "cannot be warned before their time limit and requeue themselves (slurm and sge "
-            "can); use requeue=0 (max_requeues), and retries=N to resubmit lost jobs",
-            field="max_requeues",
-            value=config.max_requeues,
-        )
-    limit = resources.time_seconds
-    if limit is not None and config.requeue_grace >= limit:
-        raise ConfigError(
-            f"requeue_grace={config.requeue_grace} is not valid with a time limit of "
-            f"{limit:g} s: the warning would come before the job starts; ask for a shorter "
-            "requeue_grace (seconds) or a longer time",
-            field="requeue_grace",
-            value=config.requeue_grace,
-        )
-    return {
-        "max": config.max_requeues,
-        "signal": support.signal,
-        "command": support.command,
-        "exit_code": support.exit_code,
-    }
-
-
-def resources_per_task(resources: Resources, per_task: int) -> Resources:
-    """A task running ``per_task`` calls one after the other needs that many times the time."""
-    if per_task > 1 and resources.time_seconds is not None:
-        return replace(resources, time_seconds=resources.time_seconds * per_task)
-    return resources
-
-
-def script_context(
-    config: ClusterConfig,
-    job_name: str,
-    job_dir: str,
-    python_command: str,
-    options: Mapping[str, Any],
-    array: ArraySpec | None = None,
-) -> ScriptContext:
-    """What a job script needs from the configuration, besides the resources."""
-    return ScriptContext(
-        job_name=job_name,
-        job_dir=job_dir,
-        python_command=python_command,
-        module_loads=config.module_loads,
-        environment_variables=config.environment_variables,
-        pre_execution_commands=config.pre_execution_commands,
-        account=config.account,
-        qos=config.qos,
-        options=options,
-        array=array,
-    )
-
-
-def index_text(indices: list[int]) -> str:
-    """``0-3, 7`` for [0, 1, 2, 3, 7]."""
-    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in index_ranges(indices))

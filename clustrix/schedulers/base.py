@@ -188,6 +188,9 @@ class Scheduler:
     waits_in_script: ClassVar[bool] = False
     #: How its jobs requeue themselves; None where they cannot (``@cluster(requeue=N)``).
     requeue: ClassVar[RequeueSupport | None] = None
+    #: A command that lets jobs waiting on others (a pipeline) start without waiting any
+    #: more (``{ids}``: their ids, space-separated); empty where there is none.
+    dependency_clear: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ hooks
 

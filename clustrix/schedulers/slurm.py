@@ -75,6 +75,9 @@ class SlurmScheduler(Scheduler):
     supports_arrays = True
     job_id_variable = "SLURM_JOB_ID"
     element_dependencies = True
+    # An array's pending elements all lose their dependency (verified on SLURM 22.05, as the
+    # job's owner).
+    dependency_clear = "for id in {ids}; do scontrol update jobid=$id dependency=; done"
     array_index_expression = "$SLURM_ARRAY_TASK_ID"
     # SLURM_JOB_ID is an array element's own id too. A requeued job waits about 120 s
     # (reason BeginTime) before it may start again; its owner may bring that forward with

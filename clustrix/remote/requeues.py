@@ -1,21 +1,66 @@
-"""What the client learns of the runs of a job that requeues itself (``@cluster(requeue=N)``).
+"""The client's side of jobs that requeue themselves (``@cluster(requeue=N)``): what the
+runner is told, and what the client learns of each run.
 
-The runner records each run of a task in ``attempts-<task>.json`` (``clustrix.requeue``) and
-each call's checkpoint beside it; the status checks bring the attempts back with the result.
-This module turns them into each future's ``attempt_history``, the job store's ``attempts``,
-and, when the requeues ran out, the words of the error.
+``requeue_settings`` checks the request against the scheduler and writes job.json's
+``requeue``. The runner records each run of a task in ``attempts-<task>.json``
+(``clustrix.requeue``) and each call's checkpoint beside it; the status checks bring the
+attempts back with the result. This module turns them into each future's
+``attempt_history``, the job store's ``attempts``, and, when the requeues ran out, the words
+of the error.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from .. import layout
+from ..config import ClusterConfig
+from ..errors import ConfigError
 from ..futures import Attempt
+from ..resources import Resources
+from ..schedulers import Scheduler
 from .job import ClusterJob, Task
+
+
+def requeue_settings(
+    config: ClusterConfig, scheduler: Scheduler, resources: Resources
+) -> dict[str, Any] | None:
+    """What the runner of a job that requeues itself needs (job.json's ``requeue``), or
+    None for ``max_requeues=0``, and on a plain SSH host (no time limit, no preemption).
+
+    Raises ConfigError for a scheduler whose jobs cannot requeue themselves, and for a
+    ``requeue_grace`` that does not leave the job any time before its warning.
+    """
+    if not config.max_requeues or not scheduler.directive_prefix:
+        return None
+    support = scheduler.requeue
+    if support is None:
+        raise ConfigError(
+            f"requeue={config.max_requeues} is not available on {scheduler.name}: jobs there "
+            "cannot be warned before their time limit and requeue themselves (slurm and sge "
+            "can); use requeue=0 (max_requeues), and retries=N to resubmit lost jobs",
+            field="max_requeues",
+            value=config.max_requeues,
+        )
+    limit = resources.time_seconds
+    if limit is not None and config.requeue_grace >= limit:
+        raise ConfigError(
+            f"requeue_grace={config.requeue_grace} is not valid with a time limit of "
+            f"{limit:g} s: the warning would come before the job starts; ask for a shorter "
+            "requeue_grace (seconds) or a longer time",
+            field="requeue_grace",
+            value=config.requeue_grace,
+        )
+    return {
+        "max": config.max_requeues,
+        "signal": support.signal,
+        "command": support.command,
+        "exit_code": support.exit_code,
+    }
 
 
 def files_to_fetch(task: Task) -> list[str]:
@@ -88,3 +133,12 @@ def _info(data: bytes | None) -> dict[str, float] | None:
         return {"size": int(info["size"]), "saved": float(info["saved"])}
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def release_command(scheduler: Scheduler, elements: list[str]) -> str:
+    """The command that lets requeued ``elements`` start again soon, where the scheduler
+    holds them back (``RequeueSupport.release``); "" where there is none."""
+    support = scheduler.requeue
+    if not elements or support is None or not support.release:
+        return ""
+    return support.release.format(ids=" ".join(shlex.quote(e) for e in sorted(set(elements))))
