@@ -329,15 +329,20 @@ class ClusterBackend:
         self._release(decision.release)
         # The store learns how the job ended before anyone waiting on these results does: a
         # caller may read it, or exit, as soon as its last future is settled.
+        was_final = job.recorded_final
         cancel = self._finish_if_done(job, decision.settle, cancel=cancel)
         for future, ok, value in decision.settle:
             settle(future, ok, value)
-        dependents = job.store.dependents(job.job_id) if cancel else []
-        if cancel and (job.folder_kept or dependents) and not self._free(job, dependents):
+        # Checked after settling: a dependent that looked earlier saw the futures done, and
+        # reads their values without waiting for the elements.
+        ended = job.recorded_final and not was_final
+        dependents = job.store.dependents(job.job_id) if cancel or ended else []
+        # Once this job's calls all succeeded, its dependents need not wait for its elements
+        # to end on the scheduler: their dependency is cleared, where the scheduler can.
+        freed = bool(dependents or job.folder_kept) and self._free(job, dependents)
+        if cancel and (job.folder_kept or dependents) and not freed:
             # A pipeline waits for these elements to succeed (afterok, aftercorr): cancelling
             # them would fail its jobs. They start, find their calls run, and end at once.
-            # Checked after settling: a dependent that looked earlier saw the futures done,
-            # and reads their values without waiting for the elements.
             cancel = ""
         if cancel and not job.recorded_final:
             self.poller.run_with_next_check(cancel)

@@ -143,3 +143,19 @@ def test_a_two_stage_pipeline_on_grid_engine(on_sge):
 
 def test_a_two_stage_pipeline_on_a_plain_ssh_host(on_ssh):
     _two_stages()
+
+
+def test_a_stage_whose_calls_all_succeeded_frees_its_dependents(on_slurm):
+    # One element at a time (max_parallel_jobs=1): the first element runs every call of the
+    # stage (they are short), while the others wait in the queue. Once the stage's calls all
+    # succeeded, the next stage's dependency is cleared and those queued elements are
+    # cancelled, instead of each starting and ending before the next stage may start.
+    clustrix.configure(max_parallel_jobs=1)
+    first = plus_one.submit_map(range(30), chunksize=1)
+    second = plus_one.submit_map(first, chunksize=1)
+    assert [f.result(timeout=300) for f in second] == [x + 2 for x in range(30)]
+    transport = on_slurm.transport()
+    states = output_of(
+        transport, f"sacct -n -X -P -o State -j {first[0].scheduler_id} --starttime now-1hour"
+    ).split()
+    assert "CANCELLED" in {state.split()[0] for state in states}, states
