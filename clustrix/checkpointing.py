@@ -199,12 +199,28 @@ def on_requeue(callback: Callable[[], Any]) -> Callable[[], Any]:
     return callback
 
 
+def call_running() -> bool:
+    """Whether this thread runs a call now (set by ``call_places``; also a call without a
+    checkpoint place, such as a decorated call nested in another)."""
+    return _place.get(_UNSET) is not _UNSET
+
+
+def forget_requeue_callbacks() -> None:
+    """Forget every ``on_requeue`` callback (in a process forked from a running call)."""
+    _callbacks.clear()
+
+
 def run_requeue_callbacks() -> list[BaseException]:
-    """Run the running call's ``on_requeue`` callbacks; the exceptions they raised (a failing
-    callback must not keep the others, or the requeue, from happening)."""
-    place = current_place()
-    with _callbacks_lock:
-        callbacks = list(_callbacks.get(place, [])) if place is not None else []
+    """Run the ``on_requeue`` callbacks of the calls running in this process (a job that
+    may be requeued runs one call, which may be inside a decorated call it made); the
+    exceptions they raised (a failing callback must not keep the others, or the requeue,
+    from happening).
+
+    Called from a signal handler, which may interrupt this thread while it holds
+    ``_callbacks_lock``: the callbacks are copied without taking it (each step is atomic
+    under the GIL).
+    """
+    callbacks = [callback for found in list(_callbacks.values()) for callback in found]
     errors = []
     for callback in callbacks:
         try:

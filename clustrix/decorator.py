@@ -210,8 +210,8 @@ def cluster(func: Callable[..., Any] | None = None, **options: Any) -> Any:
     ``timeout`` (seconds), ``profile``, ``executor`` (local: auto, processes, threads, inline),
     ``cache`` (return stored values of identical calls; the ``cache`` setting),
     ``requeue`` (times a job warned of its time limit requeues itself, resuming from its
-    last ``clustrix.checkpoint``; the ``max_requeues`` setting) and scheduler-specific
-    options as further keywords.
+    last ``clustrix.checkpoint``; the ``max_requeues`` setting), ``requeue_grace`` (seconds
+    before the limit the warning comes) and scheduler-specific options as further keywords.
     """
     if func is not None:
         return ClusterFunction(func, **options)

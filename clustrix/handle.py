@@ -172,7 +172,8 @@ class Job:
         """
         record = self.record
         found = {int(task): runs for task, runs in record.attempts.items()}
-        if record.state not in FINAL_STATES and len(record.task_sizes) <= LIVE_ATTEMPT_TASKS:
+        live = record.requeue and record.state not in FINAL_STATES
+        if live and len(record.task_sizes) <= LIVE_ATTEMPT_TASKS:
             backend = self._backend()
             for task in range(len(record.task_sizes)):
                 text = backend.read_file(self.remote_folder, layout.attempts_file(task))
@@ -194,7 +195,10 @@ class Job:
         """
         sizes = self._record.task_sizes
         if not 0 <= item < sum(sizes):
-            raise ClustrixError(f"job {self.job_id} has items 0 to {sum(sizes) - 1}, not {item}")
+            raise ClustrixError(
+                f"restore: item={item} is not valid: job {self.job_id} has "
+                + (f"items 0 to {sum(sizes) - 1}" if sum(sizes) else "no items")
+            )
         task, position = 0, item
         while position >= sizes[task]:  # the task holding the item, and its place there
             position -= sizes[task]

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpointing import run_requeue_callbacks
+from .checkpointing import call_running, forget_requeue_callbacks, run_requeue_callbacks
 
 #: Reasons an attempt ended, as recorded and shown to the user.
 REQUEUED = "requeued itself before its time limit"
@@ -56,7 +56,8 @@ class Attempts:
         self.path = path
         self.settings = settings
         self.records: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler may record while the main thread is recording.
+        self._lock = threading.RLock()
 
     @property
     def requeues_left(self) -> int:
@@ -114,68 +115,125 @@ class Attempts:
         return records if isinstance(records, list) else []
 
     def _write(self) -> None:
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.records, indent=1))
-        os.chmod(temporary, 0o600)
+        temporary = self.path.with_name(f".{self.path.name}.{socket.gethostname()}.{os.getpid()}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(json.dumps(self.records, indent=1))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, self.path)
 
 
 def watch(attempts: Attempts) -> None:
     """Handle the scheduler's warning and stop signals for the rest of this process.
 
-    Warning (``settings["signal"]``): with requeues left, save (callbacks), record, requeue
-    and exit; without, note it and let the call run on to its limit. SIGTERM: save, record,
-    exit with 143. The handlers run in the main thread, between two bytecodes of the call.
+    Warning (``settings["signal"]``), while a call runs: save (callbacks); with requeues
+    left, requeue and exit; without, note it and let the call run on to its limit (its last
+    checkpoint saved). SIGTERM: save, record, exit with 143. The handlers run in the main
+    thread, between two bytecodes of the call. Processes the call forks get the default
+    handlers and no callbacks: their copy of the call's state is not the call's.
     """
-    warning = getattr(signal, f"SIG{attempts.settings.get('signal', 'USR1')}")
-    signal.signal(warning, lambda signum, frame: _on_warning(attempts))
-    signal.signal(signal.SIGTERM, lambda signum, frame: _on_stop(attempts))
+    runner = os.getpid()
+    warning = _warning_signal(attempts)
+    signal.signal(warning, lambda signum, frame: _on_warning(attempts, runner))
+    signal.signal(signal.SIGTERM, lambda signum, frame: _on_stop(attempts, runner))
+    os.register_at_fork(after_in_child=lambda: _forget_in_child(warning))
 
 
-def _on_warning(attempts: Attempts) -> None:
+def _forget_in_child(warning: int) -> None:
+    for signum in (warning, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    forget_requeue_callbacks()
+
+
+def _warning_signal(attempts: Attempts) -> int:
+    return int(getattr(signal, f"SIG{attempts.settings.get('signal', 'USR1')}"))
+
+
+def _on_warning(attempts: Attempts, runner: int) -> None:
+    if os.getpid() != runner:
+        return
+    if not call_running():  # not begun, or its result is being written: let it be
+        _quietly(attempts.note, "warned while no call was running: nothing to save")
+        return
     if attempts.requeues_left <= 0:
-        attempts.note(WARNED_NO_REQUEUE)
-        print(f"clustrix: {WARNED_NO_REQUEUE}", file=sys.stderr, flush=True)
+        _save()  # the last state, for clustrix.get_job(...).restore() after the limit
+        _quietly(attempts.note, WARNED_NO_REQUEUE)
+        _say(WARNED_NO_REQUEUE)
         return
     # From here on the job is going away: neither a stop signal nor a repeated warning (Grid
     # Engine may send it twice) may cut the requeue short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(getattr(signal, f"SIG{attempts.settings.get('signal', 'USR1')}"), signal.SIG_IGN)
-    _save(attempts)
-    attempts.end(REQUEUED)
-    print(f"clustrix: {REQUEUED}", file=sys.stderr, flush=True)
-    command = attempts.settings.get("command")
-    if command:
-        try:
-            subprocess.run(
-                ["/bin/sh", "-c", command],
-                timeout=_COMMAND_TIMEOUT,
-                check=True,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            print(f"clustrix: the requeue command failed: {exc}", file=sys.stderr, flush=True)
+    warning = _warning_signal(attempts)
+    handlers = {signum: signal.getsignal(signum) for signum in (warning, signal.SIGTERM)}
+    for signum in handlers:
+        signal.signal(signum, signal.SIG_IGN)
+    _save()
+    problem = _requeue_command(attempts.settings.get("command") or "")
+    if problem:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        text = f"the requeue command failed ({problem}): the call runs on to its time limit"
+        _quietly(attempts.note, text)
+        _say(text)
+        return
+    _quietly(attempts.end, REQUEUED)
+    _say(REQUEUED)
     os._exit(int(attempts.settings.get("exit_code", 0)))
 
 
-def _on_stop(attempts: Attempts) -> None:
+def _on_stop(attempts: Attempts, runner: int) -> None:
+    if os.getpid() != runner:  # a forked process that kept our handler: end as by default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _save(attempts)
-    attempts.end(STOPPED)
-    print(f"clustrix: {STOPPED}", file=sys.stderr, flush=True)
+    _save()
+    _quietly(attempts.end, STOPPED)
+    _say(STOPPED)
     os._exit(128 + signal.SIGTERM)
 
 
-def _save(attempts: Attempts) -> None:
-    """Run the call's ``on_requeue`` callbacks; their failures are reported, not raised."""
-    for error in run_requeue_callbacks():
-        print(
-            f"clustrix: an on_requeue callback failed: {type(error).__name__}: {error}",
-            file=sys.stderr,
-            flush=True,
+def _requeue_command(command: str) -> str:
+    """Run the scheduler's requeue command (none: ""); what went wrong, or ""."""
+    if not command:
+        return ""
+    try:
+        subprocess.run(
+            ["/bin/sh", "-c", command],
+            timeout=_COMMAND_TIMEOUT,
+            check=True,
+            stdin=subprocess.DEVNULL,
         )
-    sys.stdout.flush()
-    sys.stderr.flush()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    return ""
+
+
+def _save() -> None:
+    """Run the calls' ``on_requeue`` callbacks; their failures are reported, not raised:
+    nothing may keep a handler from ending as it must."""
+    try:
+        errors = run_requeue_callbacks()
+    except BaseException as exc:  # the handler must go on
+        errors = [exc]
+    for error in errors:
+        _say(f"an on_requeue callback failed: {type(error).__name__}: {error}")
+
+
+def _quietly(action: Any, *args: Any) -> None:
+    """``action(*args)``, a failure (a full disk) reported instead of raised into the call."""
+    try:
+        action(*args)
+    except BaseException as exc:
+        _say(f"could not record the attempt: {type(exc).__name__}: {exc}")
+
+
+def _say(text: str) -> None:
+    try:
+        sys.stdout.flush()
+        print(f"clustrix: {text}", file=sys.stderr, flush=True)
+    except BaseException:  # a closed stream must not keep the handler from its end
+        pass
 
 
 def _scheduler_id() -> str:

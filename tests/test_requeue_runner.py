@@ -7,6 +7,7 @@ sent the signals a scheduler sends: the warning before the time limit, and SIGTE
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -199,6 +200,14 @@ def test_requeue_settings_per_scheduler():
     with pytest.raises(ConfigError, match="requeue=2 is not available on pbs") as info:
         requeue_settings(_config(max_requeues=2), scheduler_for("pbs"), hour)
     assert info.value.field == "max_requeues"
+    with pytest.raises(ConfigError, match="needs a time limit on sge"):
+        requeue_settings(_config(max_requeues=1), scheduler_for("sge"), Resources.parse())
+    with pytest.raises(ConfigError, match="option signal= cannot be used") as info:
+        requeue_settings(_config(max_requeues=1), scheduler_for("slurm"), hour, {"signal": "B:1"})
+    assert info.value.field == "signal"
+    with pytest.raises(ConfigError, match="conda run"):
+        conda = _config(max_requeues=1, conda_env_name="base")
+        requeue_settings(conda, scheduler_for("slurm"), hour)
     short = Resources.parse(time="00:02:00")
     with pytest.raises(ConfigError, match="requeue_grace=120 is not valid") as info:
         requeue_settings(_config(max_requeues=1), scheduler_for("slurm"), short)
@@ -212,3 +221,72 @@ def test_requeue_is_checked_where_it_is_written():
         clustrix.cluster(requeue=-1)(print)
     with pytest.raises(ConfigError, match="requeue_grace"):
         _config(requeue_grace=0)
+
+
+def _forking():
+    """Counts like ``_counting``'s call, after forking a child that only sleeps and writes
+    its pid to ``pid_file``."""
+
+    def forking(total, pid_file):
+        import os
+        import time
+
+        import clustrix
+
+        state = clustrix.restore({"count": 0, "starts": []})
+        state["starts"].append(state["count"])
+        clustrix.on_requeue(lambda: clustrix.checkpoint(state))
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+        with open(pid_file, "w") as handle:
+            handle.write(str(child))
+        print(f"starting from {state['count']}", flush=True)
+        while state["count"] < total:
+            time.sleep(0.01)
+            state["count"] += 1
+        os.kill(child, 9)
+        return state
+
+    return forking
+
+
+def test_a_process_the_call_forked_does_not_save_its_stale_state(tmp_path):
+    # The scheduler signals every process of the job: a forked child that kept the runner's
+    # handlers would save its own, older copy of the state over the call's.
+    pid_file = tmp_path / "child.pid"
+    folder = _folder(tmp_path, _forking(), (300, str(pid_file)))
+    runner = _start(folder)
+    _signal_once_started(runner, folder, signal.SIGCONT)  # just wait until it counts
+    child = int(pid_file.read_text())
+    os.kill(child, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child}").exists() and "Z" not in _state_of(child):
+        assert time.monotonic() < deadline, "the child should end as SIGTERM's default says"
+        time.sleep(0.05)
+    assert not (folder / layout.checkpoint_file(0, 0)).exists()
+    assert _attempts(folder)[0]["reason"] == ""  # the runner's attempt goes on
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=60) == 128 + signal.SIGTERM
+    saved = cloudpickle.loads((folder / layout.checkpoint_file(0, 0)).read_bytes())
+    assert saved["count"] > 0
+
+
+def _state_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return "Z"
+
+
+def test_a_failed_requeue_command_lets_the_call_run_on(tmp_path, monkeypatch):
+    monkeypatch.setitem(SETTINGS, "command", "exit 3")
+    folder = _folder(tmp_path, _counting(), (150,))
+    runner = _start(folder)
+    _signal_once_started(runner, folder, signal.SIGUSR1)
+    assert runner.wait(timeout=60) == 0
+    assert _result(folder)["count"] == 150
+    [attempt] = _attempts(folder)
+    assert attempt["reason"] == requeue.FINISHED
+    assert "the requeue command failed" in attempt["note"]

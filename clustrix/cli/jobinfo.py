@@ -62,8 +62,12 @@ def attempt_details(job: Any) -> list[tuple[str, str]]:
     lines = []
     for task, runs in job.attempts().items():
         for run in runs:
-            started = time.strftime("%H:%M:%S", time.localtime(run.started))
-            ended = time.strftime("%H:%M:%S", time.localtime(run.ended)) if run.ended else "now"
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
+            ended = (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.ended))
+                if run.ended
+                else "now"
+            )
             reason = run.reason or "running"
             lines.append(
                 (

@@ -26,6 +26,7 @@ ARGUMENT_SETTINGS = {
     "executor": "local_executor",
     "cache": "cache",
     "requeue": "max_requeues",
+    "requeue_grace": "requeue_grace",
 }
 
 #: Decorator arguments that are not settings. ``expected`` keeps the words users know.

@@ -42,7 +42,8 @@ from .files import (
 ENV_PREFIX = "CLUSTRIX_"
 PROFILE_ENV = "CLUSTRIX_PROFILE"
 # CLUSTRIX_* variables that are not settings, so they are not reported as typos.
-NON_FIELD_ENV = {PROFILE_ENV, "CLUSTRIX_REQUIRE_CLUSTER", "CLUSTRIX_IN_JOB"}
+# CLUSTRIX_CHECKPOINT: a running call's checkpoint file (clustrix.checkpointing).
+NON_FIELD_ENV = {PROFILE_ENV, "CLUSTRIX_REQUIRE_CLUSTER", "CLUSTRIX_IN_JOB", "CLUSTRIX_CHECKPOINT"}
 NON_FIELD_ENV_PREFIXES = ("CLUSTRIX_TEST",)
 
 

@@ -173,6 +173,8 @@ class Outcomes:
             task.release_sent = False
         task.state = status.state
         if not (status.state.finished or status.state is JobState.UNKNOWN):
+            # Alive: a moment without a result or state (a requeue) is forgotten.
+            task.missing_result_checks = 0
             return
         # Ended (or forgotten by the queue) without a result: look a few more times (the
         # status checks ask the scheduler for details meanwhile) before giving up on it.
@@ -256,8 +258,7 @@ class Outcomes:
                 f"had its calls taken by task {taker.index} ({self._element(taker)}), which "
                 f"ended without writing their result: that task {what}"
             )
-        runs = requeues.exhausted_words(job, task, files)
-        what += f" {runs}" if runs else ""
+        what += requeues.exhausted_words(job, task, files)
         error = _FAILURES.get(state, JobFailedError)(
             f"{where}{self.scheduler.name} job {_scheduler_id(task)} running {job.name!r} "
             f"{what}; its files are kept in {job.folder} on {self.where}",

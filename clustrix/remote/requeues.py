@@ -27,7 +27,10 @@ from .job import ClusterJob, Task
 
 
 def requeue_settings(
-    config: ClusterConfig, scheduler: Scheduler, resources: Resources
+    config: ClusterConfig,
+    scheduler: Scheduler,
+    resources: Resources,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """What the runner of a job that requeues itself needs (job.json's ``requeue``), or
     None for ``max_requeues=0``, and on a plain SSH host (no time limit, no preemption).
@@ -46,12 +49,40 @@ def requeue_settings(
             field="max_requeues",
             value=config.max_requeues,
         )
+    if config.conda_env_name:
+        # The job starts Python through `conda run`, which does not pass signals on
+        # (conda/conda#10351): the runner would never hear the warning.
+        raise ConfigError(
+            f"requeue={config.max_requeues} cannot be used with conda_env_name="
+            f"{config.conda_env_name!r}: jobs start Python through `conda run`, which does "
+            "not pass the scheduler's warning on; set python_executable to the environment's "
+            "own python instead",
+            field="max_requeues",
+            value=config.max_requeues,
+        )
     limit = resources.time_seconds
+    if limit is None and support.needs_time_limit:
+        raise ConfigError(
+            f"requeue={config.max_requeues} needs a time limit on {scheduler.name}: the "
+            "warning comes requeue_grace seconds before it; give time= (e.g. '24:00:00')",
+            field="max_requeues",
+            value=config.max_requeues,
+        )
+    clashing = sorted(set(options or {}) & set(support.clashing_options))
+    if clashing:
+        raise ConfigError(
+            f"the {scheduler.name} option {clashing[0]}= cannot be used with "
+            f"requeue={config.max_requeues}: Clustrix sets the job's warning and requeue "
+            "itself (requeue_grace); drop the option, or use requeue=0",
+            field=clashing[0],
+            value=(options or {})[clashing[0]],
+        )
     if limit is not None and config.requeue_grace >= limit:
         raise ConfigError(
             f"requeue_grace={config.requeue_grace} is not valid with a time limit of "
-            f"{limit:g} s: the warning would come before the job starts; ask for a shorter "
-            "requeue_grace (seconds) or a longer time",
+            f"{limit:g} s: the warning would come before the job starts; requeue_grace must "
+            f"be under {limit:g} seconds (on SLURM, better under {max(1, limit - 60):g}: "
+            "its warning may come up to 60 s early), or ask for a longer time",
             field="requeue_grace",
             value=config.requeue_grace,
         )
@@ -97,19 +128,21 @@ def exhausted_words(job: ClusterJob, task: Task, files: Mapping[str, bytes]) -> 
     history = remember_attempts(job, task, files)
     runs = len(history) or task.attempts
     most = int(job.requeue.get("max", 0))
-    words = f"after {runs} attempt(s) (requeue={most})"
+    words = f"; it ran {runs} attempt(s) (requeue={most})"
     saved = []
+    first = sum(len(earlier.futures) for earlier in job.tasks[: task.index])
     for position in range(len(task.futures)):
         name = layout.checkpoint_file(task.index, position)
         info = _info(files.get(name + ".json"))
         if info is not None:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["saved"]))
-            saved.append(f"{job.folder}/{name} ({info['size']} bytes, saved {when})")
+            item = f"item={first + position}" if len(job.tasks) > 1 else ""
+            saved.append(
+                f"{job.folder}/{name} ({info['size']} bytes, saved {when}): "
+                f"clustrix.get_job({job.job_id!r}).restore({item}) returns it"
+            )
     if saved:
-        words += (
-            f"; its last checkpoint is {', '.join(saved)}: "
-            f"clustrix.get_job({job.job_id!r}).restore() returns it"
-        )
+        words += f"; its last checkpoint is {', '.join(saved)}"
     else:
         words += "; it saved no checkpoint (clustrix.checkpoint)"
     return words

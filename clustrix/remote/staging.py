@@ -135,7 +135,7 @@ class Stager:
         aligned = None
         if pipeline is not None:
             calls, aligned = pipeline.calls, pipeline.per_task(spec.chunksize)
-        requeue = requeue_settings(config, self.scheduler, spec.resources)
+        requeue = requeue_settings(config, self.scheduler, spec.resources, options)
         # A call that may be requeued runs alone in its task: a task's calls restart together.
         per_task = 1 if requeue else aligned or calls_per_task(len(calls), spec.chunksize, config)
         chunks = [list(calls[i : i + per_task]) for i in range(0, len(calls), per_task)]

@@ -116,6 +116,10 @@ class RequeueSupport:
     command: str
     exit_code: int
     release: str = ""
+    #: Whether the warning needs the job's own time limit (``time``), from which it is set.
+    needs_time_limit: bool = False
+    #: Pass-through options that would undo the requeue (a signal, no requeue...).
+    clashing_options: tuple[str, ...] = ()
 
 
 def setup_lines(

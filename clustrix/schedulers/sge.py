@@ -92,7 +92,13 @@ class SgeScheduler(Scheduler):
     # The soft walltime s_rt sends SIGUSR1 (sometimes twice); a job that exits with 99 is
     # rescheduled with its id and task (RESTARTED=1), whatever the queue's rerun setting,
     # starting again some 15 s later once its host has cleaned up. Verified on SGE 8.1.9.
-    requeue = RequeueSupport(signal="USR1", command="", exit_code=99)
+    requeue = RequeueSupport(
+        signal="USR1",
+        command="",
+        exit_code=99,
+        needs_time_limit=True,
+        clashing_options=("notify", "r", "soft_time"),
+    )
     array_index_expression = "$SGE_TASK_ID"
     array_base = 1
     option_help: ClassVar[dict[str, str]] = {

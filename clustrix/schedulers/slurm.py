@@ -89,6 +89,7 @@ class SlurmScheduler(Scheduler):
         command='scontrol requeue "$SLURM_JOB_ID"',
         exit_code=0,
         release="for id in {ids}; do scontrol update jobid=$id starttime=now+3; done",
+        clashing_options=("signal", "no_requeue"),
     )
     option_help: ClassVar[dict[str, str]] = {
         "constraint": "node features required (--constraint)",

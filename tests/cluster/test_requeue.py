@@ -123,7 +123,7 @@ def test_when_requeues_run_out_the_time_limit_fails_naming_attempts_and_checkpoi
     with pytest.raises(JobTimeoutError) as info:
         future.result(timeout=600)
     message = str(info.value)
-    assert "after 2 attempt(s) (requeue=1)" in message, message
+    assert "it ran 2 attempt(s) (requeue=1)" in message, message
     assert "checkpoint-0-0.pkl" in message and "restore()" in message, message
     assert clustrix.get_job(future.job_id).restore() > 0
     assert len(future.attempt_history) == 2
