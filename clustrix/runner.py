@@ -2,8 +2,10 @@
 
 This file is the part of Clustrix that executes user code, wherever that happens: in a local
 worker process, or (shipped as a single file) on a compute node. It therefore depends on the
-standard library and cloudpickle only, and must never import the rest of ``clustrix`` (but
-for the standalone ``clustrix.checkpointing``, when a payload uses it: see ``_call_places``).
+standard library and cloudpickle only, and must never import the rest of ``clustrix``, but
+for two standalone modules that run inside calls, from the runtime zip shipped with the job:
+``clustrix.checkpointing`` when a payload uses it (``_call_places``) and ``clustrix.requeue``
+for a job that requeues itself (``_watch_for_requeue``).
 
 A result batch is plain data, so that both sides can read it without sharing classes::
 
