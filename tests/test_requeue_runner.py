@@ -10,17 +10,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import cloudpickle
 import pytest
+from jobfolders import job_folder, start_runner
 
 import clustrix
 from clustrix import layout, requeue
 from clustrix.job_runtime import shipped_runtime
-from clustrix.remote.archive import job_files
 
 # What a scheduler with no requeue command asks for: exit with 99 (Grid Engine's way).
 SETTINGS = {"max": 1, "signal": "USR1", "command": "", "exit_code": 99}
@@ -48,31 +47,13 @@ def _counting():
 
 
 def _folder(tmp_path: Path, func, args: tuple) -> Path:
-    folder = tmp_path / "job"
-    folder.mkdir()
-    files = job_files(
-        job_id="test",
-        name="counting",
-        function_bytes=cloudpickle.dumps(func),
-        tasks=[cloudpickle.dumps([(args, {})])],
-        scripts={},
-        extra=shipped_runtime([], always=True),
-        calls_per_task=1,
-        requeue=SETTINGS,
-    )
-    for name, (content, mode) in files.items():
-        (folder / name).write_bytes(content)
-        (folder / name).chmod(mode)
-    return folder
+    """A job of one call, ``func(*args)``, that requeues itself as ``SETTINGS`` say."""
+    extra = shipped_runtime([], always=True)  # the runner imports clustrix.requeue from it
+    return job_folder(tmp_path, func, [[args]], extra=extra, requeue=SETTINGS)
 
 
 def _start(folder: Path) -> subprocess.Popen:
-    with (
-        open(folder / layout.stdout_file(0), "ab") as out,
-        open(folder / layout.stderr_file(0), "ab") as err,
-    ):
-        command = [sys.executable, str(folder / layout.RUNNER), str(folder), "0"]
-        return subprocess.Popen(command, stdout=out, stderr=err)
+    return start_runner(folder, 0)
 
 
 def _signal_once_started(runner: subprocess.Popen, folder: Path, signum: int) -> None:

@@ -9,9 +9,9 @@ import types
 from pathlib import Path
 
 import cloudpickle
+from jobfolders import job_folder, start_runner
 
 from clustrix import cluster, layout, runner
-from clustrix.remote.archive import job_files
 
 
 def _raise(kind):
@@ -51,31 +51,13 @@ def test_a_local_map_keeps_the_other_results_of_a_batch():
 # process of its own, its output appended to the task's log files.
 
 
-def _job_folder(path: Path, func, tasks: list[list[int]], time_limit: float | None = None):
-    path = path / "job"
-    path.mkdir()
-    files = job_files(
-        job_id="test",
-        name="f",
-        function_bytes=cloudpickle.dumps(func),
-        tasks=[cloudpickle.dumps([((x,), {}) for x in chunk]) for chunk in tasks],
-        scripts={},
-        calls_per_task=max(len(chunk) for chunk in tasks),
-        time_limit=time_limit,
-    )
-    for name, (content, mode) in files.items():
-        (path / name).write_bytes(content)
-        (path / name).chmod(mode)
-    return path
+def _job_folder(path: Path, func, tasks: list[list], time_limit: float | None = None):
+    """A job whose task ``i`` calls ``func(x)`` for each ``x`` of ``tasks[i]``."""
+    return job_folder(path, func, [[(x,) for x in chunk] for chunk in tasks], time_limit=time_limit)
 
 
 def _start(folder: Path, task: int) -> subprocess.Popen:
-    with (
-        open(folder / layout.stdout_file(task), "ab") as out,
-        open(folder / layout.stderr_file(task), "ab") as err,
-    ):
-        command = [sys.executable, str(folder / layout.RUNNER), str(folder), str(task)]
-        return subprocess.Popen(command, stdout=out, stderr=err)
+    return start_runner(folder, task)
 
 
 def _run(folder: Path, task: int) -> int:

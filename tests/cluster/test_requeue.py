@@ -79,21 +79,26 @@ def test_a_long_count_requeues_itself_past_its_time_limit_and_resumes(on_slurm):
     assert shown.output.count("attempt:") == len(reasons), shown.output
 
 
-@cluster(time="00:10:00", requeue=1)
-def count_slowly(total):
+def count_with_checkpoints(total, seconds_per_step):
+    """Counts to ``total`` from its last checkpoint, saving one at every step; returns the
+    count and where each run started from."""
     import time
 
     state = clustrix.restore({"count": 0, "starts": []})
     state["starts"].append(state["count"])
     while state["count"] < total:
-        time.sleep(0.25)
+        time.sleep(seconds_per_step)
         state["count"] += 1
         clustrix.checkpoint(state)
     return state
 
 
+count_slowly = cluster(time="00:10:00", requeue=1)(count_with_checkpoints)
+count_each_second = cluster(time="00:01:00", requeue=3)(count_with_checkpoints)
+
+
 def test_a_job_requeued_from_outside_resumes_from_its_checkpoint(on_slurm):
-    future = count_slowly.submit(60)
+    future = count_slowly.submit(60, 0.25)
     transport = on_slurm.transport()
     job_id = future.scheduler_id
     assert wait_for(lambda: "RUNNING" in output_of(transport, f"squeue -h -j {job_id} -o %T"), 120)
@@ -129,25 +134,12 @@ def test_when_requeues_run_out_the_time_limit_fails_naming_attempts_and_checkpoi
     assert len(future.attempt_history) == 2
 
 
-@cluster(time="00:01:00", requeue=3)
-def count_each_second(total):
-    import time
-
-    state = clustrix.restore({"count": 0, "starts": []})
-    state["starts"].append(state["count"])
-    while state["count"] < total:
-        time.sleep(1.0)
-        state["count"] += 1
-        clustrix.checkpoint(state)
-    return state
-
-
 @pytest.mark.timeout(600)
 def test_a_grid_engine_job_requeues_itself_at_its_soft_time_limit(on_sge):
     # s_rt = h_rt - requeue_grace sends SIGUSR1; exit status 99 makes Grid Engine run the
     # job again (about 15 s later here), with the same id.
     clustrix.configure(requeue_grace=30)
-    future = count_each_second.submit(50)
+    future = count_each_second.submit(50, 1.0)
     state = future.result(timeout=500)
     assert state["count"] == 50
     assert len(state["starts"]) >= 2 and all(s > 0 for s in state["starts"][1:]), state
