@@ -9,6 +9,7 @@ itself rather than only the local bookkeeping.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass
@@ -72,24 +73,38 @@ class ClusterFuture(Future):
         self.environment: Any = None
         self._cancel_job: Callable[[], bool] | None = None
         self._read_log: Callable[[str], str] | None = None
-        self._before_result: list[Callable[[Any], Any]] = []
+        self._before_result: list[Callable[[Any], Any]] | None = []
+        self._hooks_lock = threading.Lock()
 
     def before_result(self, hook: Callable[[Any], Any]) -> None:
         """Call ``hook(value)`` when the call succeeds, before anyone waiting sees the value.
 
         A done callback runs only after ``result()`` has returned to waiting threads; the
         result cache stores values here instead, so a call made as soon as this one returned
-        finds its value. A hook must not raise; nothing it raises reaches the future.
+        finds its value. A call that already succeeded (a short one, finished while its
+        submission went on) gets the hook at once, here. A hook must not raise; nothing it
+        raises reaches the future.
         """
-        self._before_result.append(hook)
+        with self._hooks_lock:
+            if self._before_result is not None:
+                self._before_result.append(hook)
+                return
+        # Its value is being set, or was: wait for it (failures run no hook).
+        if not self.cancelled() and self.exception() is None:
+            self._run_hooks([hook], self.result())
 
     def set_result(self, result: Any) -> None:
-        for hook in self._before_result:
+        with self._hooks_lock:
+            hooks, self._before_result = self._before_result or [], None
+        self._run_hooks(hooks, result)
+        super().set_result(result)
+
+    def _run_hooks(self, hooks: list[Callable[[Any], Any]], result: Any) -> None:
+        for hook in hooks:
             try:
                 hook(result)
             except Exception:
                 logger.exception("a result hook of %s failed", self.name)
-        super().set_result(result)
 
     def bind_cancel(self, cancel_job: Callable[[], bool]) -> None:
         """Set how to cancel the underlying work; it returns False once that is too late."""

@@ -252,3 +252,20 @@ def test_another_version_of_a_package_the_call_uses_is_a_miss(log, monkeypatch):
     )
     assert total(np.ones(3), log) == 3.0
     assert _runs(log) == 2
+
+
+def test_a_hook_added_after_the_value_was_set_runs_at_once():
+    # A short call may succeed before its submission has registered the cache's hook.
+    from clustrix.futures import ClusterFuture
+
+    seen = []
+    done = ClusterFuture("f", "local")
+    done.set_result(3)
+    done.before_result(seen.append)
+    failed = ClusterFuture("f", "local")
+    failed.set_exception(ValueError("no"))
+    failed.before_result(seen.append)
+    pending = ClusterFuture("f", "local")
+    pending.before_result(seen.append)
+    pending.set_result(4)
+    assert seen == [3, 4]
