@@ -40,6 +40,9 @@ STDERR_TEMPLATE = "stderr-{task}"
 CHECKPOINT_TEMPLATE = "checkpoint-{task}-{position}.pkl"
 #: Each run of ``task``'s job (a requeue starts another): start, end, reason, host.
 ATTEMPTS_TEMPLATE = "attempts-{task}.json"
+#: The folders of later pipeline stages whose calls this job's runners may run, a line each
+#: (appended when they are submitted; ``runner.follow``).
+FOLLOWERS = "followers"
 
 #: What the runner needs to know, written into ``job.json``.
 FILES = {
@@ -52,6 +55,7 @@ FILES = {
     "runtime": RUNTIME_ZIP,
     "checkpoint": CHECKPOINT_TEMPLATE,
     "attempts": ATTEMPTS_TEMPLATE,
+    "followers": FOLLOWERS,
 }
 
 

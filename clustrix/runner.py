@@ -25,8 +25,11 @@ and ``calls-TASK.pkl``. The runner claims its calls by renaming them to
 ``taken-TASK-by-TASK.pkl`` and writes ``result-TASK.pkl``; if they were short, it goes on with
 the calls of tasks not started yet (``take_others``), claimed as ``taken-OTHER-by-TASK.pkl``,
 writing ``result-OTHER.pkl`` and OTHER's logs. A task whose calls another runner took exits
-with status 0 and writes nothing. Versions are compared before anything is unpickled, so a
-mismatch is reported as such instead of as an obscure unpickling error.
+with status 0 and writes nothing. Then it goes on with the ready calls of the later pipeline
+stages listed in ``followers`` (``follow``), claimed as ``taken-OTHER-by-JOB.TASK.pkl``; their
+own elements wait for those results (``wait_for_borrower``). Versions are compared before
+anything is unpickled, so a mismatch is reported as such instead of as an obscure unpickling
+error.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import os
 import pickle
 import socket
 import sys
+import threading
 import time
 import traceback
 import types
@@ -364,23 +368,30 @@ _DEFAULT_FILES = {
     "runtime": "clustrix-runtime.zip",
     "checkpoint": "checkpoint-{task}-{position}.pkl",
     "attempts": "attempts-{task}.json",
+    "followers": "followers",
 }
 
 
 def main(argv: list[str]) -> int:
     """Run task ``argv[1]`` of job folder ``argv[0]``, then the calls of tasks not yet started
-    while they are short (see ``take_others``); the process's exit status."""
+    while they are short (see ``take_others``), then those of the pipeline stages following
+    this job (``follow``); the process's exit status."""
     started = time.monotonic()
     if len(argv) not in (1, 2):
         print("usage: runner.py JOB_DIR [TASK]", file=sys.stderr)
         return 2
     task = int(argv[1]) if len(argv) == 2 else 0
-    metadata = json.loads((Path(argv[0]) / "job.json").read_text())
-    # The client names the folder's files (clustrix.layout); _DEFAULT_FILES are the defaults.
-    folder = JobFolder(Path(argv[0]), metadata.get("files", {}))
+    folder = JobFolder.load(Path(argv[0]))
+    metadata = folder.metadata
     claimed = folder.claim(task, task)
-    if claimed is None and folder.claimed_by_another(task):
-        return 0  # another task's runner took these calls: it writes their result
+    if claimed is None:
+        borrowed = folder.borrowed(task)
+        if borrowed is not None:  # a runner of an earlier stage runs them, or ran them
+            claimed = wait_for_borrower(folder, task, borrowed)
+            if claimed is None:
+                return 0
+        elif folder.claimed_by_another(task):
+            return 0  # another task's runner took these calls: it writes their result
     problem, kind = version_problem(metadata["versions"]), "clustrix.VersionMismatchError"
     if problem is None and claimed is None:
         problem = f"the calls of task {task} are missing from {folder.path}"
@@ -390,9 +401,7 @@ def main(argv: list[str]) -> int:
         print(f"clustrix runner: {problem}", file=sys.stderr)
         return 3
     os.environ["CLUSTRIX_IN_JOB"] = "1"
-    shipped = folder.file("runtime", task)  # Clustrix's code, when the payload needs it
-    if shipped.is_file():
-        sys.path.insert(0, str(shipped))
+    folder.use_runtime()
     function_bytes = folder.file("function", task).read_bytes()
     pace = Pace(started, metadata.get("time_limit"), metadata.get("calls_per_task"))
     attempts = _watch_for_requeue(folder, task, metadata.get("requeue"))
@@ -403,6 +412,7 @@ def main(argv: list[str]) -> int:
     if not loaded:
         return 4
     take_others(folder, task, function_bytes, pace, metadata.get("needs") or {})
+    follow(folder, f"{metadata.get('job_id', 'job')}.{task}", started, metadata.get("time_limit"))
     return 0
 
 
@@ -443,20 +453,60 @@ LIMIT_SHARE = 0.5
 UNLIMITED_BUDGET = 180.0
 #: A projection is a mean: the next task is assumed to take up to this many times as long.
 PROJECTION_MARGIN = 2.0
+#: A later pipeline stage's first task is taken untimed only while at most this share of
+#: the time limit is used: however long its calls, they keep almost all of it.
+TRUST_SHARE = 0.05
 
 
 class JobFolder:
     """The files of a job folder, named as its ``job.json`` says."""
 
-    def __init__(self, path: Path, names: dict[str, str]) -> None:
+    def __init__(self, path: Path, names: dict[str, str], metadata: dict | None = None) -> None:
         self.path = path
         self.names = {**_DEFAULT_FILES, **names}
+        self.metadata: dict[str, Any] = metadata or {}
+
+    @classmethod
+    def load(cls, path: Path) -> JobFolder:
+        """The folder at ``path`` with its ``job.json`` read. Raises OSError and ValueError."""
+        metadata = json.loads((path / "job.json").read_text())
+        # The client names the folder's files (clustrix.layout); _DEFAULT_FILES are defaults.
+        return cls(path, metadata.get("files", {}), metadata)
+
+    def use_runtime(self) -> None:
+        """Put Clustrix's code shipped with this job (when its payload needs it) on
+        ``sys.path``, first."""
+        shipped = self.file("runtime", 0)
+        if shipped.is_file() and str(shipped) not in sys.path:
+            sys.path.insert(0, str(shipped))
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """This folder as the working directory, and its shipped runtime on ``sys.path``,
+        for the block: as the job's own script would have it."""
+        before = os.getcwd()
+        self.use_runtime()
+        os.chdir(self.path)
+        try:
+            yield
+        finally:
+            os.chdir(before)
+
+    def followers(self) -> list[Path]:
+        """The folders of the later pipeline stages whose calls this job's runners may run
+        (one per line, appended by the client when it submits them; see ``follow``)."""
+        try:
+            text = self.file("followers", 0).read_text()
+        except OSError:
+            return []
+        # A line still being appended has no newline yet: it is read next time.
+        return [Path(line) for line in text.split("\n")[:-1] if line.startswith("/")]
 
     def file(self, kind: str, task: int | str, taker: int | str = "") -> Path:
         """The file of ``kind`` (a key of ``_DEFAULT_FILES``) for ``task``."""
         return self.path / self.names[kind].format(task=task, taker=taker)
 
-    def claim(self, task: int, taker: int) -> Path | None:
+    def claim(self, task: int, taker: int | str) -> Path | None:
         """Rename the calls of ``task`` so that the runner of ``taker`` alone runs them; the
         renamed file, or None if another runner claimed them first."""
         claimed = self.file("taken", task, taker)
@@ -470,9 +520,20 @@ class JobFolder:
 
     def claimed_by_another(self, task: int) -> bool:
         """Whether a runner other than ``task``'s own claimed its calls."""
+        return bool(self._claims(task))
+
+    def borrowed(self, task: int) -> Path | None:
+        """The claim on ``task``'s calls by a runner of another job (``follow``), if any."""
+        prefix, _, suffix = self.names["taken"].format(task=task, taker="\0").partition("\0")
+        for path in self._claims(task):
+            if not path.name[len(prefix) : len(path.name) - len(suffix)].isdigit():
+                return path
+        return None
+
+    def _claims(self, task: int) -> list[Path]:
         pattern = self.names["taken"].format(task=task, taker="*")
         own = self.file("taken", task, task)
-        return any(path != own for path in self.path.glob(pattern))
+        return [path for path in self.path.glob(pattern) if path != own]
 
     def unclaimed(self) -> list[int]:
         """The tasks whose calls no runner has claimed yet, highest index first: the array
@@ -496,11 +557,17 @@ class Pace:
     """
 
     def __init__(
-        self, started: float, time_limit: float | None, calls_per_task: int | None
+        self,
+        started: float,
+        time_limit: float | None,
+        calls_per_task: int | None,
+        on_trust: bool = False,
     ) -> None:
         self.started = started
         self.time_limit = time_limit
         self.calls_per_task = calls_per_task
+        #: Whether a first task may be taken before any was timed (see ``follow``).
+        self.on_trust = on_trust
         self.seconds = 0.0
         self.calls = 0
         self.largest = 0
@@ -516,12 +583,19 @@ class Pace:
         return self.seconds / max(1, self.calls) * (self.calls_per_task or self.largest)
 
     def allows_another(self, now: float | None = None) -> bool:
-        """Whether the calls of one more task are short and fit well within the budget."""
+        """Whether the calls of one more task are short and fit well within the budget.
+
+        With ``on_trust`` and nothing timed yet: whether little of the time limit is used
+        (``TRUST_SHARE``), so that a task turning out long still has most of it.
+        """
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        if self.calls == 0 and self.on_trust:
+            limit = TRUST_SHARE * self.time_limit if self.time_limit else UNLIMITED_BUDGET
+            return elapsed <= limit
         projected = self.projected()
         if self.calls == 0 or projected > SHORT_TASK_SECONDS:
             return False
         budget = LIMIT_SHARE * self.time_limit if self.time_limit else UNLIMITED_BUDGET
-        elapsed = (time.monotonic() if now is None else now) - self.started
         return elapsed + PROJECTION_MARGIN * projected <= budget
 
 
@@ -558,7 +632,7 @@ def run_task(
 
 def take_others(
     folder: JobFolder,
-    taker: int,
+    taker: int | str,
     function_bytes: bytes,
     pace: Pace,
     needs: dict[str, list[str]] | None = None,
@@ -568,9 +642,12 @@ def take_others(
     Each taken task's result and logs are written under its own index, as if its own array
     element had run it, so the client collects it as usual. ``needs`` (a pipeline's stage)
     names, per task, the upstream result files its calls read: a task is taken only once
-    they all exist, since its own element would have waited for them.
+    they all exist, since its own element would have waited for them. ``taker``: this
+    runner's task, or ``JOB.TASK`` for a runner of another job (``follow``), which keeps its
+    claims fresh while it runs them (``Lease``).
     """
     needs = needs or {}
+    borrowing = not str(taker).isdigit()
     taken: list[int] = []
     candidates = folder.unclaimed()
     while candidates and pace.allows_another():
@@ -581,13 +658,133 @@ def take_others(
         if claimed is None:
             continue  # its own element, or another runner, was first
         taken.append(task)
-        with output_to(folder.file("stdout", task), folder.file("stderr", task)):
+        lease = Lease(claimed) if borrowing else contextlib.nullcontext()
+        logs = output_to(folder.file("stdout", task), folder.file("stderr", task))
+        with lease, logs:
             loaded = run_task(folder, task, claimed, function_bytes, pace)
         if not loaded:
             break
         if not candidates:  # a retried task's calls may have come back meanwhile
             candidates = folder.unclaimed()
     return taken
+
+
+# --------------------------------------------------------------------------- pipelines
+#
+# A pipeline's later stage waits on the scheduler for the elements of the earlier one, and
+# each of its elements is started (about a second each, several seconds for a stage) even
+# when its calls take milliseconds. So the runner of an earlier stage, once done with its
+# own job, goes on with the calls of later stages whose upstream results are all there: the
+# client lists those stages in its folder's ``followers`` when it submits them, and only
+# stages that ask for the same resources, environment and settings (a later stage's calls
+# then run as they would in their own element, but for the working folder and the
+# scheduler's variables). Their own elements are kept as a fallback: one started while
+# another job's runner holds its calls waits for that result, and takes the calls back if
+# the other runner stops touching its claim (killed at its time limit, its node lost).
+
+#: How often a runner running another job's task touches its claim, and how long the
+#: task's own element waits for a touch before taking the calls back (seconds). Long: a
+#: network file system may show a file's modification time a minute late.
+LEASE_TOUCH_SECONDS = 30.0
+LEASE_SECONDS = 300.0
+#: How often the own element of a borrowed task looks for its result (seconds).
+BORROWED_POLL_SECONDS = 0.5
+
+
+class Lease:
+    """Touches ``path`` every ``LEASE_TOUCH_SECONDS`` while the block runs (a thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._touch, name="clustrix-lease", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _touch(self) -> None:
+        while not self._stop.wait(LEASE_TOUCH_SECONDS):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+
+def follow(folder: JobFolder, label: str, started: float, time_limit: float | None) -> list[Path]:
+    """Run the ready calls of the pipeline stages following ``folder``'s job, and of those
+    following them, while each stage's pace allows; the folders of the stages taken from.
+
+    ``label`` names this runner in its claims (``JOB.TASK``); ``started`` (monotonic) and
+    ``time_limit`` (seconds, None for none) are this runner's, which the followers share.
+    A stage's first task is taken untimed while little of the time limit is used
+    (``Pace.on_trust``); later ones only if they are short, as in ``take_others``. A
+    follower that cannot be read, or is for another Python, is left to its own elements.
+    """
+    seen = {folder.path}
+    waiting = folder.followers()
+    took_from: list[Path] = []
+    while waiting:
+        path = waiting.pop(0)
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            follower = JobFolder.load(path)
+            if version_problem(follower.metadata["versions"]) is not None:
+                continue
+            function_bytes = follower.file("function", 0).read_bytes()
+        except (OSError, ValueError, KeyError):
+            continue  # removed, or not written yet: its own elements run it
+        pace = Pace(started, time_limit, follower.metadata.get("calls_per_task"), on_trust=True)
+        with follower.entered():
+            taken = take_others(
+                follower, label, function_bytes, pace, follower.metadata.get("needs") or {}
+            )
+        if taken:
+            took_from.append(path)
+            waiting += follower.followers()
+    return took_from
+
+
+def wait_for_borrower(folder: JobFolder, task: int, claim: Path) -> Path | None:
+    """Wait, as ``task``'s own runner, while a runner of another job runs its calls (its
+    ``claim``); None once their result is written, or the calls reclaimed for this runner
+    when that claim went untouched for ``LEASE_SECONDS`` (its runner is gone)."""
+    result = folder.file("result", task)
+    own = folder.file("taken", task, task)
+    stamp, since = None, time.monotonic()
+    while not result.exists():
+        try:
+            touched = os.stat(claim).st_mtime_ns
+        except FileNotFoundError:
+            # Given back (a resubmission) or taken back: claim the calls, or find who did.
+            mine = folder.claim(task, task)
+            if mine is not None:
+                return mine
+            found = folder.borrowed(task)
+            if found is None:
+                return None  # a runner of this job took them: it writes their result
+            claim, stamp = found, None
+            continue
+        now = time.monotonic()
+        if touched != stamp:
+            stamp, since = touched, now
+        elif now - since > LEASE_SECONDS:
+            print(
+                f"clustrix runner: {claim.name} was not touched for {LEASE_SECONDS:.0f} s; "
+                f"running task {task} here",
+                file=sys.stderr,
+                flush=True,
+            )
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(claim, own)
+                return None if result.exists() else own
+            continue
+        time.sleep(BORROWED_POLL_SECONDS)
+    return None
 
 
 @contextlib.contextmanager

@@ -14,14 +14,17 @@ from clustrix import layout
 from clustrix.remote.archive import job_files
 
 
-def job_folder(path: Path, func: Any, tasks: list[list[tuple]], **options: Any) -> Path:
-    """``path/job`` holding ``func`` and, per task, its calls (positional argument tuples);
-    ``options`` go to ``job_files`` (``time_limit``, ``requeue``, ``extra``...)."""
-    folder = path / "job"
+def job_folder(
+    path: Path, func: Any, tasks: list[list[tuple]], name: str = "job", **options: Any
+) -> Path:
+    """``path/NAME`` (also the job's id) holding ``func`` and, per task, its calls
+    (positional argument tuples); ``options`` go to ``job_files`` (``time_limit``,
+    ``requeue``, ``needs``, ``extra``...)."""
+    folder = path / name
     folder.mkdir()
     options.setdefault("calls_per_task", max(len(calls) for calls in tasks))
     files = job_files(
-        job_id="test",
+        job_id=name,
         name="f",
         function_bytes=cloudpickle.dumps(func),
         tasks=[cloudpickle.dumps([(args, {}) for args in calls]) for calls in tasks],

@@ -283,8 +283,8 @@ def test_no_dependency_directives_without_upstream_jobs():
     assert "dependency" not in script
 
 
-def test_the_ssh_script_waits_for_upstream_result_files_while_their_session_lives():
-    waits = (("/w/job 1/result-0.pkl", "4242"),)
-    script = SshScheduler().render_script(Resources(), context(wait_for=waits))
-    assert "while [ ! -e '/w/job 1/result-0.pkl' ] && kill -0 4242 2>/dev/null" in script
-    assert script.index("result-0.pkl") < script.index("flock")
+def test_the_ssh_script_waits_for_its_upstream_sessions_to_end():
+    script = SshScheduler().render_script(Resources(), context(wait_for=("4242", "4343")))
+    assert "while kill -0 4242 2>/dev/null; do sleep 0.5; done" in script
+    assert "while kill -0 4343 2>/dev/null; do sleep 0.5; done" in script
+    assert script.index("kill -0 4343") < script.index("flock")

@@ -85,6 +85,8 @@ class Pipeline:
     )
     #: The upstream jobs held until this submission is recorded (``Held.recorded``).
     held: Held = field(default_factory=lambda: Held())
+    #: The upstream jobs this process tracks, by id (not those known by their record only).
+    jobs: dict[str, ClusterJob] = field(default_factory=dict)
 
     @property
     def job_ids(self) -> list[str]:
@@ -148,17 +150,9 @@ class Pipeline:
                 wired.append(replace(part, after_each=aligned[n]))
                 continue
             after = tuple(sorted({call.target for call in calls if call.target}))
-            waits: tuple[tuple[str, str], ...] = ()
+            waits: tuple[str, ...] = ()
             if scheduler.waits_in_script:
-                waits = tuple(
-                    sorted(
-                        {
-                            (f"{call.folder}/{layout.result_file(call.task)}", call.submission)
-                            for call in calls
-                            if call.submission
-                        }
-                    )
-                )
+                waits = tuple(sorted({call.submission for call in calls if call.submission}))
             wired.append(replace(part, after=after, wait_for=waits))
         return wired
 
@@ -179,6 +173,17 @@ class Pipeline:
                 return None
             ids.append(scheduler_id)
         return ids
+
+    def followed(self, job: ClusterJob) -> list[str]:
+        """The folders of the upstream jobs whose runners may go on with ``job``'s calls
+        (``runner.follow``): those still running, with the same resources per task, the
+        same environment and settings (their scripts differ only in name, folder and what
+        they wait for), neither requeueing itself."""
+        return [
+            upstream.folder
+            for upstream in self.jobs.values()
+            if not upstream.recorded_final and _same_place(upstream, job)
+        ]
 
     def watch(
         self,
@@ -205,6 +210,17 @@ class Pipeline:
 
             assert call.future is not None
             call.future.add_done_callback(failed)
+
+
+def _same_place(upstream: ClusterJob, job: ClusterJob) -> bool:
+    """Whether ``job``'s calls would run alike in ``upstream``'s processes."""
+    if upstream.requeue or job.requeue or upstream.resources != job.resources:
+        return False
+    if upstream.context is None or job.context is None:
+        return False
+    own = {"job_name": "", "job_dir": "", "array": None, "task": 0}
+    waits = {"after": (), "after_each": None, "wait_for": ()}
+    return replace(upstream.context, **own, **waits) == replace(job.context, **own, **waits)
 
 
 def upstream_error(future: Future, call: UpstreamCall) -> DependencyFailedError | None:
@@ -248,7 +264,7 @@ def find_upstream(calls: Sequence[CallArgs], backend: str, scheduler: Scheduler)
         raise
     if not any(upstream):
         return None
-    return Pipeline(new_calls, upstream, finder.shapes, finder.pipeline_held)
+    return Pipeline(new_calls, upstream, finder.shapes, finder.pipeline_held, finder.jobs)
 
 
 @dataclass
@@ -278,6 +294,7 @@ class _Finder:
         self.found: list[UpstreamCall] = []
         self.shapes: dict[str, tuple[list[int], list[tuple[str, int, int, bool]]]] = {}
         self.pipeline_held = Held()
+        self.jobs: dict[str, ClusterJob] = {}
 
     def replace(self, value: Any) -> Any:
         if isinstance(value, Future):
@@ -329,6 +346,7 @@ class _Finder:
                 raise error
         else:
             self.pipeline_held.add(job)
+            self.jobs[job.job_id] = job
         self._shape(job.job_id, [len(t.futures) for t in job.tasks], _job_submissions(job))
         self.found.append(call)
         return call.reference()

@@ -66,6 +66,8 @@ class Prepared:
     #: the calls each task runs.
     pipeline: Pipeline | None = None
     per_task: int = 1
+    #: The folders of upstream jobs whose runners may run its calls (``Pipeline.followed``).
+    follows: tuple[str, ...] = ()
 
 
 class Stager:
@@ -154,9 +156,11 @@ class Stager:
         job.context = context
         job.resources = resources_per_task(spec.resources, per_task)
         parts = plan_parts(len(chunks), max_array, config.max_parallel_jobs, context)
+        follows: tuple[str, ...] = ()
         if pipeline is not None:
             parts = pipeline.wire(parts, per_task, self.scheduler)
             job.depends_on = pipeline.job_ids
+            follows = tuple(pipeline.followed(job))
         scripts = [self.scheduler.render_script(job.resources, part) for part in parts]
         files = job_files(
             job_id=job_id,
@@ -171,7 +175,7 @@ class Stager:
             requeue=requeue,
         )
         record = self._record(job, len(calls), parts)
-        return Prepared(job, record, files, parts, pipeline, per_task)
+        return Prepared(job, record, files, parts, pipeline, per_task, follows)
 
     def _payload(
         self,
@@ -233,10 +237,17 @@ class Stager:
             for n, part in enumerate(parts)
         )
         answers = " ".join(layout.submitted_file(n) for n in range(len(parts)))
+        # Once submitted, the job is offered to the runners of its upstream jobs: one that
+        # has ended, or whose folder is gone, leaves it to the job's own elements.
+        offers = "".join(
+            f"printf '%s\\n' {folder} 2>/dev/null "
+            f">> {shlex.quote(f'{upstream}/{layout.FOLLOWERS}')}; "
+            for upstream in prepared.follows
+        )
         command = (
             f"mkdir -p {quoted_work} && chmod 700 {quoted_work} && mkdir -m 700 {folder} "
             f"&& cd {folder} && echo $$ > {layout.SUBMITTING_PID} && tar -x -f - && "
-            f"{submits} && cat {answers}"
+            f"{submits} && {{ {offers}true; }} && cat {answers}"
         )
         try:
             try:
@@ -264,17 +275,12 @@ class Stager:
         name = layout.retry_script(task.index, task.attempts)
         script = self.scheduler.render_script(job.resources, part)
         # The previous attempt's result, if any, must not be collected as this one's; its
-        # calls, claimed by the runner that ran them (this task's own or another's), are
-        # given back their unclaimed name so that the new attempt finds them.
+        # calls, claimed by the runner that ran them (this task's own, another task's, or
+        # one of an earlier pipeline stage's), are given back their unclaimed name so that
+        # the new attempt finds them.
         calls = shlex.quote(layout.calls_file(task.index))
-        give_back = " ".join(
-            f"if [ -e {claimed} ]; then mv -f {claimed} {calls}; fi;"
-            for claimed in (
-                shlex.quote(layout.taken_file(task.index, taker))
-                for taker in dict.fromkeys([task.index, task.taken_by])
-                if taker is not None
-            )
-        )
+        claims = layout.taken_file(task.index, "*")  # an int and a glob: nothing to quote
+        give_back = f'for f in {claims}; do if [ -e "$f" ]; then mv -f "$f" {calls}; fi; done;'
         output = self.transport.run(
             f"cd {shlex.quote(job.folder)} && rm -f {layout.result_file(task.index)} && "
             f"{{ {give_back} }} && cat > {name} && chmod 700 {name} && "

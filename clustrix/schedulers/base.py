@@ -93,9 +93,9 @@ class ScriptContext:
     after: tuple[str, ...] = ()
     #: An upstream array of the same shape: element i waits for its element i only.
     after_each: str | None = None
-    #: Where the scheduler cannot wait (a plain SSH host): upstream result files to wait
-    #: for in the script, each with the session id of the job writing it.
-    wait_for: tuple[tuple[str, str], ...] = ()
+    #: Where the scheduler cannot wait (a plain SSH host): the session ids of the upstream
+    #: jobs to wait for in the script, until they end (as SLURM's afterok would).
+    wait_for: tuple[str, ...] = ()
     #: A job that requeues itself (``@cluster(requeue=N)``): seconds before the time limit
     #: at which the scheduler should warn it (``Scheduler.requeue``); None: it does not.
     requeue_grace: int | None = None

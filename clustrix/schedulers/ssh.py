@@ -58,13 +58,14 @@ class SshScheduler(Scheduler):
             f'exec 8> {folder}/slot-"$slot"; flock -n 8 && break 2; '
             "done; sleep 0.2; done"
         )
-        # A pipeline: wait for each upstream result file, for as long as the session writing
-        # it lives (the runner then fails the calls whose upstream left no result). Before
-        # taking a slot, so that waiting tasks never hold the cores their upstream needs.
+        # A pipeline: wait for each upstream session to end, as a scheduler's dependency
+        # waits for the upstream job (the runner then reads the results, and fails the calls
+        # whose upstream left none). Not only for the result file: the upstream runner may go
+        # on with this job's calls itself (runner.follow). Before taking a slot, so that
+        # waiting tasks never hold the cores their upstream needs.
         waits = [
-            f"while [ ! -e {shlex.quote(path)} ] && kill -0 {shlex.quote(session)} "
-            "2>/dev/null; do sleep 0.5; done"
-            for path, session in context.wait_for
+            f"while kill -0 {shlex.quote(session)} 2>/dev/null; do sleep 0.5; done"
+            for session in context.wait_for
         ]
         wait_for_slot = "\n".join([*waits, wait_for_slot])
         nice = (context.options or {}).get("nice")

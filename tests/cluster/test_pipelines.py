@@ -33,6 +33,11 @@ def total(values):
     return sum(values)
 
 
+@cluster(time="00:10:00")
+def add_ten(x):
+    return x + 10
+
+
 @cluster
 def fails_on_three(x):
     if x == 3:
@@ -159,3 +164,42 @@ def test_a_stage_whose_calls_all_succeeded_frees_its_dependents(on_slurm):
         transport, f"sacct -n -X -P -o State -j {first[0].scheduler_id} --starttime now-1hour"
     ).split()
     assert "CANCELLED" in {state.split()[0] for state in states}, states
+
+
+# ------------------------------------------------------------ later stages in earlier runners
+
+
+def _claims(transport, folder: str) -> dict[int, str]:
+    """Who claimed each task's calls in a job folder: ``{task: taker}``."""
+    found = {}
+    for name in output_of(transport, f"ls {folder}").split():
+        if name.startswith("taken-"):
+            task, taker = name.removeprefix("taken-").removesuffix(".pkl").split("-by-")
+            found[int(task)] = taker
+    return found
+
+
+@pytest.mark.parametrize("where", ["on_slurm", "on_sge", "on_ssh"])
+def test_later_stages_run_in_the_processes_of_the_first(where, request):
+    # The first stage's calls last long enough for the later stages to be submitted; its
+    # runners then run their ready calls, as the stages ask for the same resources.
+    test_cluster = request.getfixturevalue(where)
+    clustrix.configure(cleanup_on_success=False)
+    first = slow_square.submit_map(range(4), [3] * 4)
+    second = add_ten.submit_map(first)
+    third = add_ten.submit_map(second)
+    assert [f.result(timeout=180) for f in third] == [x * x + 20 for x in range(4)]
+    transport = test_cluster.transport()
+    for stage in (second, third):
+        takers = _claims(transport, stage[0].remote_folder)
+        assert sorted(takers) == [0, 1, 2, 3]
+        assert all(taker.startswith(f"{first[0].job_id}.") for taker in takers.values()), takers
+
+
+def test_a_later_stage_asking_for_other_resources_runs_in_its_own_elements(on_slurm):
+    clustrix.configure(cleanup_on_success=False)
+    first = slow_square.submit_map(range(3), [3] * 3)
+    second = plus_one.submit_map(first)  # no time limit: not what the first stage asked for
+    assert [f.result(timeout=180) for f in second] == [x * x + 1 for x in range(3)]
+    takers = _claims(on_slurm.transport(), second[0].remote_folder)
+    assert sorted(takers) == [0, 1, 2] and all(t.isdigit() for t in takers.values()), takers
