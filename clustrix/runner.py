@@ -722,31 +722,32 @@ def follow(folder: JobFolder, label: str, started: float, time_limit: float | No
     A stage's first task is taken untimed while little of the time limit is used
     (``Pace.on_trust``); later ones only if they are short, as in ``take_others``. A
     follower that cannot be read, or is for another Python, is left to its own elements.
+    The ``followers`` of every stage visited are read again until no new one appears: the
+    client may submit a stage while this runner is at work on the one before.
     """
     seen = {folder.path}
-    waiting = folder.followers()
+    visited = [folder]
     took_from: list[Path] = []
-    while waiting:
-        path = waiting.pop(0)
-        if path in seen:
-            continue
-        seen.add(path)
-        try:
-            follower = JobFolder.load(path)
-            if version_problem(follower.metadata["versions"]) is not None:
-                continue
-            function_bytes = follower.file("function", 0).read_bytes()
-        except (OSError, ValueError, KeyError):
-            continue  # removed, or not written yet: its own elements run it
-        pace = Pace(started, time_limit, follower.metadata.get("calls_per_task"), on_trust=True)
-        with follower.entered():
-            taken = take_others(
-                follower, label, function_bytes, pace, follower.metadata.get("needs") or {}
-            )
-        if taken:
-            took_from.append(path)
-            waiting += follower.followers()
-    return took_from
+    while True:
+        new = [path for stage in visited for path in stage.followers() if path not in seen]
+        if not new:
+            return took_from
+        for path in dict.fromkeys(new):
+            seen.add(path)
+            try:
+                follower = JobFolder.load(path)
+                if version_problem(follower.metadata["versions"]) is not None:
+                    continue
+                function_bytes = follower.file("function", 0).read_bytes()
+            except (OSError, ValueError, KeyError):
+                continue  # removed, or not written yet: its own elements run it
+            visited.append(follower)
+            calls_per_task = follower.metadata.get("calls_per_task")
+            pace = Pace(started, time_limit, calls_per_task, on_trust=True)
+            with follower.entered():
+                needs = follower.metadata.get("needs") or {}
+                if take_others(follower, label, function_bytes, pace, needs):
+                    took_from.append(path)
 
 
 def wait_for_borrower(folder: JobFolder, task: int, claim: Path) -> Path | None:

@@ -318,7 +318,7 @@ class ClusterBackend:
         decision: Decision = self.outcomes.decide(job, found)
         # Queued elements whose calls another task's runner took or ran: one command for
         # all. Before a retry, so that an old element cannot start and claim the calls
-        # again; else with the next status check or the folder's removal, so that no caller
+        # again; else with the next status check or after this one, so that no caller
         # waits for a round trip of its own.
         cancel = self.scheduler.cancel_command(sorted(decision.cancel)) if decision.cancel else ""
         if cancel and decision.retry:
@@ -328,9 +328,12 @@ class ClusterBackend:
             self.staging.resubmit(job, task)
         self._release(decision.release)
         # The store learns how the job ended before anyone waiting on these results does: a
-        # caller may read it, or exit, as soon as its last future is settled.
+        # caller may read it, or exit, as soon as its last future is settled. What the
+        # scheduler and the folder still need (freeing, cancelling, removing) waits until
+        # every job of this check has been settled: those round trips are not the callers'.
+        later: list[str] = []
         was_final = job.recorded_final
-        cancel = self._finish_if_done(job, decision.settle, cancel=cancel)
+        cancel = self._finish_if_done(job, decision.settle, cancel=cancel, later=later)
         for future, ok, value in decision.settle:
             settle(future, ok, value)
         # Checked after settling: a dependent that looked earlier saw the futures done, and
@@ -339,7 +342,7 @@ class ClusterBackend:
         dependents = job.store.dependents(job.job_id) if cancel or ended else []
         # Once this job's calls all succeeded, its dependents need not wait for its elements
         # to end on the scheduler: their dependency is cleared, where the scheduler can.
-        freed = bool(dependents or job.folder_kept) and self._free(job, dependents)
+        freed = bool(dependents or job.folder_kept) and self._free(job, dependents, later)
         if cancel and (job.folder_kept or dependents) and not freed:
             # A pipeline waits for these elements to succeed (afterok, aftercorr): cancelling
             # them would fail its jobs. They start, find their calls run, and end at once.
@@ -347,14 +350,17 @@ class ClusterBackend:
         if cancel and not job.recorded_final:
             self.poller.run_with_next_check(cancel)
         elif cancel:  # no next check for this job
-            self.transport.run(cancel, check=False)
+            later.append(cancel)
+        if later:
+            self.poller.run_after_check(later)
 
-    def _free(self, job: ClusterJob, dependents: list[str]) -> bool:
+    def _free(self, job: ClusterJob, dependents: list[str], later: list[str]) -> bool:
         """Whether ``job``'s queued elements may be cancelled although jobs depend on it:
-        their dependency cleared first (``dependencies.freeing_command``)."""
+        their dependency cleared first (``dependencies.freeing_command``, added to
+        ``later``, the commands run after this check)."""
         command = freeing_command(job, dependents, self.scheduler)
         if command:
-            self.transport.run(command, check=False)
+            later.append(command)
         return command is not None
 
     def _release(self, elements: list[str]) -> None:
@@ -380,12 +386,16 @@ class ClusterBackend:
                 settle(future, False, SchedulerUnavailableError(message))
 
     def _finish_if_done(
-        self, job: ClusterJob, settling: Sequence[Settlement] = (), cancel: str = ""
+        self,
+        job: ClusterJob,
+        settling: Sequence[Settlement] = (),
+        cancel: str = "",
+        later: list[str] | None = None,
     ) -> str:
         """Record the job's final state once no task is pending; ``settling`` are the
         outcomes about to be handed to their futures. ``cancel`` (a scheduler command) is
         run with the folder's removal, if it is removed; the command still to run ("" once
-        run)."""
+        run). ``later``: where to add the removal's command instead of running it now."""
         if job.pending_tasks():
             if not job.recorded_running and any(t.state is JobState.RUNNING for t in job.tasks):
                 # Once: a write to the store at every check costs more than the check.
@@ -410,7 +420,11 @@ class ClusterBackend:
         ):
             # Queued elements are cancelled in the same round trip. In the background: should
             # one start meanwhile, it fails in the removed folder, long after its calls ran.
-            self.remove_folder(job.folder, also=cancel)
+            removal = removal_command(job.folder, also=cancel)
+            if later is None:
+                self.transport.run(removal, check=False)
+            else:
+                later.append(removal)
             job.store.update(job.job_id, message="result delivered; remote folder removed")
             return ""
         return cancel
@@ -439,8 +453,7 @@ class ClusterBackend:
     def remove_folder(self, folder: str, also: str = "") -> None:
         """Delete a job folder and everything in it; ``also`` is a shell command started in
         the background first (its output and status ignored)."""
-        before = f"{{ {also}; }} </dev/null >/dev/null 2>&1 & " if also else ""
-        self.transport.run(f"{before}rm -rf {shlex.quote(folder)}", check=False)
+        self.transport.run(removal_command(folder, also), check=False)
 
     def read_log(self, job: ClusterJob, task: Task, stream: str) -> str:
         """A task's stdout or stderr: kept after it finished, read live while it runs."""
@@ -498,6 +511,12 @@ class ClusterBackend:
 
     def cancel_job(self, job: ClusterJob) -> bool:
         return self.cancel_tasks(job, job.tasks)
+
+
+def removal_command(folder: str, also: str = "") -> str:
+    """The shell command deleting a job folder, after starting ``also`` in the background."""
+    before = f"{{ {also}; }} </dev/null >/dev/null 2>&1 & " if also else ""
+    return f"{before}rm -rf {shlex.quote(folder)}"
 
 
 _backends: dict[tuple[Any, ...], ClusterBackend] = {}

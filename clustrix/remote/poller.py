@@ -113,6 +113,8 @@ class Poller:
         self._checking = threading.Lock()
         # Commands to run in front of the next status check (cancels that need no answer).
         self._piggyback: list[str] = []
+        # Commands to run once the current check has handed every job its findings.
+        self._after: list[str] = []
 
     def watched(self, job_id: str) -> ClusterJob | None:
         with self._lock:
@@ -135,6 +137,13 @@ class Poller:
         status check, instead of a round trip of its own; it is lost if that check fails."""
         with self._lock:
             self._piggyback.append(command)
+
+    def run_after_check(self, commands: list[str]) -> None:
+        """Run ``commands`` (in order; output and status ignored) once the check under way
+        has handed every job its findings, in one round trip with those of other jobs:
+        the futures of every job are settled before any of them waits for the cluster."""
+        with self._lock:
+            self._after += commands
 
     def forget(self, job: ClusterJob) -> None:
         with self._lock:
@@ -207,10 +216,25 @@ class Poller:
         with self._checking:
             found = self._ask(jobs)
             now = time.monotonic()
-            for job in jobs:
-                self._on_check(job, found)
-                with self._lock:
-                    job.next_check = next_check(job, now)
+            try:
+                for job in jobs:
+                    self._on_check(job, found)
+                    with self._lock:
+                        job.next_check = next_check(job, now)
+            finally:
+                self._run_after()
+
+    def _run_after(self) -> None:
+        """The commands handed to ``run_after_check`` during this check, in one round trip."""
+        with self._lock:
+            commands, self._after = self._after, []
+        if not commands:
+            return
+        try:
+            self.transport.run("; ".join(f"{{ {c}; }}" for c in commands), check=False)
+        except Exception as exc:  # a queued element left to start and end on its own
+            where = self.transport.where
+            logger.warning("commands after a status check on %s failed: %s", where, exc)
 
     def _ask(self, jobs: list[ClusterJob]) -> Findings:
         # The runners that took pending tasks' calls are asked about too: their own tasks
