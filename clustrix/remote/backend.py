@@ -333,7 +333,7 @@ class ClusterBackend:
         # every job of this check has been settled: those round trips are not the callers'.
         later: list[str] = []
         was_final = job.recorded_final
-        cancel = self._finish_if_done(job, decision.settle, cancel=cancel, later=later)
+        cancel = self._finish_if_done(job, decision.settle, cancel=cancel, after_check=True)
         for future, ok, value in decision.settle:
             settle(future, ok, value)
         # Checked after settling: a dependent that looked earlier saw the futures done, and
@@ -390,12 +390,14 @@ class ClusterBackend:
         job: ClusterJob,
         settling: Sequence[Settlement] = (),
         cancel: str = "",
-        later: list[str] | None = None,
+        after_check: bool = False,
     ) -> str:
         """Record the job's final state once no task is pending; ``settling`` are the
         outcomes about to be handed to their futures. ``cancel`` (a scheduler command) is
         run with the folder's removal, if it is removed; the command still to run ("" once
-        run). ``later``: where to add the removal's command instead of running it now."""
+        run). ``after_check``: the folder's removal is handed to the poller, to run once
+        the check under way has settled every job (and at the latest when the process
+        exits: ``Poller.run_after_check``), instead of before these futures are settled."""
         if job.pending_tasks():
             if not job.recorded_running and any(t.state is JobState.RUNNING for t in job.tasks):
                 # Once: a write to the store at every check costs more than the check.
@@ -421,10 +423,10 @@ class ClusterBackend:
             # Queued elements are cancelled in the same round trip. In the background: should
             # one start meanwhile, it fails in the removed folder, long after its calls ran.
             removal = removal_command(job.folder, also=cancel)
-            if later is None:
-                self.transport.run(removal, check=False)
+            if after_check:
+                self.poller.run_after_check([removal])
             else:
-                later.append(removal)
+                self.transport.run(removal, check=False)
             job.store.update(job.job_id, message="result delivered; remote folder removed")
             return ""
         return cancel

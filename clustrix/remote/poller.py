@@ -8,6 +8,7 @@ place, ``next_check``.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import logging
 import shlex
@@ -113,8 +114,11 @@ class Poller:
         self._checking = threading.Lock()
         # Commands to run in front of the next status check (cancels that need no answer).
         self._piggyback: list[str] = []
-        # Commands to run once the current check has handed every job its findings.
+        # Commands to run once the current check has handed every job its findings; held
+        # while they run, so that the process's exit waits for them (``run_after_check``).
         self._after: list[str] = []
+        self._running_after = threading.Lock()
+        atexit.register(self._run_after)
 
     def watched(self, job_id: str) -> ClusterJob | None:
         with self._lock:
@@ -141,7 +145,8 @@ class Poller:
     def run_after_check(self, commands: list[str]) -> None:
         """Run ``commands`` (in order; output and status ignored) once the check under way
         has handed every job its findings, in one round trip with those of other jobs:
-        the futures of every job are settled before any of them waits for the cluster."""
+        the futures of every job are settled before any of them waits for the cluster. A
+        process that exits as soon as its results arrived runs them on its way out."""
         with self._lock:
             self._after += commands
 
@@ -225,16 +230,18 @@ class Poller:
                 self._run_after()
 
     def _run_after(self) -> None:
-        """The commands handed to ``run_after_check`` during this check, in one round trip."""
-        with self._lock:
-            commands, self._after = self._after, []
-        if not commands:
-            return
-        try:
-            self.transport.run("; ".join(f"{{ {c}; }}" for c in commands), check=False)
-        except Exception as exc:  # a queued element left to start and end on its own
-            where = self.transport.where
-            logger.warning("commands after a status check on %s failed: %s", where, exc)
+        """The commands handed to ``run_after_check`` so far, in one round trip."""
+        with self._running_after:
+            with self._lock:
+                commands, self._after = self._after, []
+            if not commands:
+                return
+            try:
+                joined = "; ".join(f"{{ {c}; }}" for c in commands)
+                self.transport.run(joined, check=False, timeout=POLL_TIMEOUT)
+            except Exception as exc:  # a folder left behind, or queued elements to end alone
+                where = self.transport.where
+                logger.warning("commands after a status check on %s failed: %s", where, exc)
 
     def _ask(self, jobs: list[ClusterJob]) -> Findings:
         # The runners that took pending tasks' calls are asked about too: their own tasks

@@ -90,7 +90,35 @@ def test_value_logs_and_cleanup_on_success(request, fixture):
     assert future.stdout() == "working on 21\n"
     assert "a warning" in future.stderr()
     assert future.remote_folder.startswith("/home/")
-    assert not _remote_exists(test_cluster, future.remote_folder), "cleaned after success"
+    # Removed once the status check that brought the result has settled every job.
+    assert wait_for(lambda: not _remote_exists(test_cluster, future.remote_folder), 30)
+
+
+_EXITS_AT_ONCE = """
+import clustrix
+
+@clustrix.cluster(time="00:05:00")
+def triple(x):
+    return 3 * x
+
+future = triple.submit(7)
+print(future.result(timeout=300), future.remote_folder, flush=True)
+"""
+
+
+@pytest.mark.parametrize("cluster_type", ["slurm", "ssh"])
+def test_a_process_exiting_as_its_result_arrives_still_removes_the_folder(
+    test_cluster, cluster_type
+):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTRIX_")}
+    env.update(test_cluster.environ(cluster_type), HOME=os.environ["HOME"])
+    done = subprocess.run(
+        [sys.executable, "-c", _EXITS_AT_ONCE], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    value, folder = done.stdout.split()
+    assert value == "21"
+    assert not _remote_exists(test_cluster, folder), "removed on the way out"
 
 
 @pytest.mark.parametrize("fixture", ["on_slurm", "on_ssh"])
