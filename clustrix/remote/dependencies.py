@@ -14,6 +14,10 @@ runner fails them itself when they run anyway (Grid Engine's holds end however t
 ended; nobody may be watching). Upstream folders are kept while dependents exist: the job
 store records each job's ``depends_on``, and ``cleanup_on_success`` spares jobs with
 dependents (``ClusterJob.keep_folder``, ``JobStore.dependents``).
+
+A stage asking for what its upstream asked (resources, environment, settings) is offered to
+the upstream's runners (``Pipeline.followed``; the upstream folder's ``followers``), which go
+on with its ready calls once done with their own (``runner.follow``).
 """
 
 from __future__ import annotations
