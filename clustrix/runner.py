@@ -25,9 +25,10 @@ and ``calls-TASK.pkl``. The runner claims its calls by renaming them to
 ``taken-TASK-by-TASK.pkl`` and writes ``result-TASK.pkl``; if they were short, it goes on with
 the calls of tasks not started yet (``take_others``), claimed as ``taken-OTHER-by-TASK.pkl``,
 writing ``result-OTHER.pkl`` and OTHER's logs. A task whose calls another runner took exits
-with status 0 and writes nothing. Then it goes on with the ready calls of the later pipeline
-stages listed in ``followers`` (``follow``), claimed as ``taken-OTHER-by-JOB.TASK.pkl``; their
-own elements wait for those results (``wait_for_borrower``). Versions are compared before
+with status 0 and writes nothing. Then, in a child process (``runner.py --follow``), it goes
+on with the ready calls of the later pipeline stages listed in ``followers`` (``follow``),
+claimed as ``taken-OTHER-by-JOB.TASK.pkl``; their own elements wait for those results
+(``wait_for_borrower``). Versions are compared before
 anything is unpickled, so a mismatch is reported as such instead of as an obscure unpickling
 error.
 """
@@ -39,8 +40,8 @@ import json
 import os
 import pickle
 import socket
+import subprocess
 import sys
-import threading
 import time
 import traceback
 import types
@@ -377,6 +378,8 @@ def main(argv: list[str]) -> int:
     while they are short (see ``take_others``), then those of the pipeline stages following
     this job (``follow``); the process's exit status."""
     started = time.monotonic()
+    if argv[:1] == ["--follow"] and len(argv) == 4:
+        return follow_main(Path(argv[1]), argv[2], float(argv[3]))
     if len(argv) not in (1, 2):
         print("usage: runner.py JOB_DIR [TASK]", file=sys.stderr)
         return 2
@@ -412,7 +415,8 @@ def main(argv: list[str]) -> int:
     if not loaded:
         return 4
     take_others(folder, task, function_bytes, pace, metadata.get("needs") or {})
-    follow(folder, f"{metadata.get('job_id', 'job')}.{task}", started, metadata.get("time_limit"))
+    label = f"{metadata.get('job_id', 'job')}.{task}"
+    follow_apart(folder, label, started, metadata.get("time_limit"))
     return 0
 
 
@@ -476,14 +480,16 @@ class JobFolder:
     def use_runtime(self) -> None:
         """Put Clustrix's code shipped with this job (when its payload needs it) on
         ``sys.path``, first."""
+        global _checkpointing
         shipped = self.file("runtime", 0)
         if shipped.is_file() and str(shipped) not in sys.path:
             sys.path.insert(0, str(shipped))
+            _checkpointing = _NOT_LOADED  # looked up again: it may be there now
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
-        """This folder as the working directory, and its shipped runtime on ``sys.path``,
-        for the block: as the job's own script would have it."""
+        """This folder as the working directory for the block, and its shipped runtime on
+        ``sys.path`` (from then on): as the job's own script would have them."""
         before = os.getcwd()
         self.use_runtime()
         os.chdir(self.path)
@@ -643,11 +649,9 @@ def take_others(
     element had run it, so the client collects it as usual. ``needs`` (a pipeline's stage)
     names, per task, the upstream result files its calls read: a task is taken only once
     they all exist, since its own element would have waited for them. ``taker``: this
-    runner's task, or ``JOB.TASK`` for a runner of another job (``follow``), which keeps its
-    claims fresh while it runs them (``Lease``).
+    runner's task, or ``JOB.TASK`` for a runner of another job (``follow``).
     """
     needs = needs or {}
-    borrowing = not str(taker).isdigit()
     taken: list[int] = []
     candidates = folder.unclaimed()
     while candidates and pace.allows_another():
@@ -658,9 +662,7 @@ def take_others(
         if claimed is None:
             continue  # its own element, or another runner, was first
         taken.append(task)
-        lease = Lease(claimed) if borrowing else contextlib.nullcontext()
-        logs = output_to(folder.file("stdout", task), folder.file("stderr", task))
-        with lease, logs:
+        with output_to(folder.file("stdout", task), folder.file("stderr", task)):
             loaded = run_task(folder, task, claimed, function_bytes, pace)
         if not loaded:
             break
@@ -676,41 +678,97 @@ def take_others(
 # when its calls take milliseconds. So the runner of an earlier stage, once done with its
 # own job, goes on with the calls of later stages whose upstream results are all there: the
 # client lists those stages in its folder's ``followers`` when it submits them, and only
-# stages that ask for the same resources, environment and settings (a later stage's calls
-# then run as they would in their own element, but for the working folder and the
-# scheduler's variables). Their own elements are kept as a fallback: one started while
-# another job's runner holds its calls waits for that result, and takes the calls back if
-# the other runner stops touching its claim (killed at its time limit, its node lost).
+# stages that ask for the same resources, environment and settings. They run in a process
+# of their own (``follow_apart``): however they end (a crash, a time limit), this job's
+# element ends well, so that the scheduler does not remove the stages that depend on it,
+# and calls left unfinished are given back to their own elements. Those stay queued as a
+# fallback: one started while another job's runner holds its calls waits for that result,
+# and takes the calls back if their claim stops being touched (its runner is gone).
 
-#: How often a runner running another job's task touches its claim, and how long the
-#: task's own element waits for a touch before taking the calls back (seconds). Long: a
+#: How often the runner of an earlier stage touches the claims of the calls it runs, and how
+#: long their own element waits for a touch before taking the calls back (seconds). Long: a
 #: network file system may show a file's modification time a minute late.
 LEASE_TOUCH_SECONDS = 30.0
 LEASE_SECONDS = 300.0
 #: How often the own element of a borrowed task looks for its result (seconds).
 BORROWED_POLL_SECONDS = 0.5
+#: Of a time limit, what the calls of later stages leave unused: time to stop them and give
+#: back their claims before the scheduler ends this job (the larger of the two).
+FOLLOW_MARGIN_SECONDS = 60.0
+FOLLOW_MARGIN_SHARE = 0.05
 
 
-class Lease:
-    """Touches ``path`` every ``LEASE_TOUCH_SECONDS`` while the block runs (a thread)."""
+def follow_apart(
+    folder: JobFolder, label: str, started: float, time_limit: float | None
+) -> int | None:
+    """Run ``follow`` in a child process (``runner.py --follow``) while this one keeps the
+    child's claims fresh; the child's exit status (None: stopped at the time limit's margin,
+    or not started because nothing is offered or no time is left).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._touch, name="clustrix-lease", daemon=True)
-
-    def __enter__(self) -> Lease:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _touch(self) -> None:
-        while not self._stop.wait(LEASE_TOUCH_SECONDS):
+    Claims the child leaves without a result (it crashed, or was stopped) are given back:
+    their calls become unclaimed again, for their own elements.
+    """
+    deadline = None
+    if time_limit:
+        margin = max(FOLLOW_MARGIN_SECONDS, FOLLOW_MARGIN_SHARE * time_limit)
+        deadline = started + time_limit - margin
+    if not folder.followers() or (deadline is not None and time.monotonic() >= deadline):
+        return None
+    _flush_output()
+    elapsed = f"{time.monotonic() - started:.3f}"
+    command = [sys.executable, os.path.abspath(__file__), "--follow", str(folder.path), label]
+    child = subprocess.Popen([*command, elapsed], stdin=subprocess.DEVNULL)
+    code: int | None = None
+    while code is None:
+        wait = LEASE_TOUCH_SECONDS
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
+        try:
+            code = child.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                child.kill()
+                child.wait()
+                break
+            for claim in claims_of(folder, label):
+                with contextlib.suppress(OSError):
+                    os.utime(claim[1])
+    if code != 0:
+        for follower, claim, task in claims_of(folder, label):
             with contextlib.suppress(OSError):
-                os.utime(self.path)
+                os.rename(claim, follower.file("calls", task))
+    return code
+
+
+def claims_of(folder: JobFolder, label: str) -> list[tuple[JobFolder, Path, int]]:
+    """The claims ``label`` holds on calls of the stages following ``folder``'s job (and
+    those following them) whose result is not written: ``(stage, claim, task)``."""
+    found = []
+    seen, waiting = {folder.path}, folder.followers()
+    while waiting:
+        path = waiting.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            stage = JobFolder.load(path)
+        except (OSError, ValueError):
+            continue
+        waiting += stage.followers()
+        prefix, _, suffix = stage.names["taken"].format(task="\0", taker=label).partition("\0")
+        for claim in stage.path.glob(stage.names["taken"].format(task="*", taker=label)):
+            task = claim.name[len(prefix) : len(claim.name) - len(suffix)]
+            if task.isdigit() and not stage.file("result", task).exists():
+                found.append((stage, claim, int(task)))
+    return found
+
+
+def follow_main(path: Path, label: str, elapsed: float) -> int:
+    """``runner.py --follow JOB_DIR LABEL ELAPSED``: ``follow`` for the runner of ``label``,
+    which started ``elapsed`` seconds ago."""
+    folder = JobFolder.load(path)
+    follow(folder, label, time.monotonic() - elapsed, folder.metadata.get("time_limit"))
+    return 0
 
 
 def follow(folder: JobFolder, label: str, started: float, time_limit: float | None) -> list[Path]:
@@ -744,10 +802,13 @@ def follow(folder: JobFolder, label: str, started: float, time_limit: float | No
             visited.append(follower)
             calls_per_task = follower.metadata.get("calls_per_task")
             pace = Pace(started, time_limit, calls_per_task, on_trust=True)
-            with follower.entered():
-                needs = follower.metadata.get("needs") or {}
-                if take_others(follower, label, function_bytes, pace, needs):
-                    took_from.append(path)
+            needs = follower.metadata.get("needs") or {}
+            try:
+                with follower.entered():
+                    if take_others(follower, label, function_bytes, pace, needs):
+                        took_from.append(path)
+            except OSError as exc:  # its folder removed meanwhile: its own elements run it
+                print(f"clustrix runner: left {path}: {exc}", file=sys.stderr, flush=True)
 
 
 def wait_for_borrower(folder: JobFolder, task: int, claim: Path) -> Path | None:
@@ -769,6 +830,7 @@ def wait_for_borrower(folder: JobFolder, task: int, claim: Path) -> Path | None:
             if found is None:
                 return None  # a runner of this job took them: it writes their result
             claim, stamp = found, None
+            time.sleep(BORROWED_POLL_SECONDS)
             continue
         now = time.monotonic()
         if touched != stamp:
@@ -783,6 +845,7 @@ def wait_for_borrower(folder: JobFolder, task: int, claim: Path) -> Path | None:
             with contextlib.suppress(FileNotFoundError):
                 os.rename(claim, own)
                 return None if result.exists() else own
+            time.sleep(BORROWED_POLL_SECONDS)
             continue
         time.sleep(BORROWED_POLL_SECONDS)
     return None

@@ -205,11 +205,49 @@ def test_calls_given_back_meanwhile_are_claimed_by_the_own_element(tmp_path, mon
     assert runner.wait_for_borrower(folder, 0, claim) == folder.file("taken", 0, 0)
 
 
-def test_a_borrowing_runner_keeps_its_claim_fresh(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "LEASE_TOUCH_SECONDS", 0.1)
-    claim = tmp_path / "claim"
-    claim.write_bytes(b"")
-    os.utime(claim, (0, 0))
-    with runner.Lease(claim):
-        time.sleep(0.4)
-    assert claim.stat().st_mtime > time.time() - 60
+def _crash(x):
+    os._exit(3)  # as a segfault or a kill would: no result, no exception
+
+
+def test_a_later_stage_that_crashes_its_process_leaves_the_runner_s_job_ending_well(tmp_path):
+    # The scheduler removes the jobs depending on an element that failed: the crash must
+    # be the later stage's own, seen by its own element, not the earlier stage's.
+    one = _stage(tmp_path, "one", _add_one, None, 1)
+    two = _stage(tmp_path, "two", _crash, one, 1)
+    _offer(one, two)
+    assert _run(one, 0) == 0
+    assert _values(one, 0) == [1]
+    assert not (two / layout.result_file(0)).exists()
+    assert (two / layout.calls_file(0)).exists(), "given back to its own element"
+    assert _run(two, 0) != 0  # which then crashes, as the stage's own failure
+
+
+def _sleep_long(x):
+    time.sleep(60)
+
+
+def test_later_stages_are_stopped_and_given_back_before_the_time_limit(tmp_path, monkeypatch):
+    # A limit of 100 s, of which the margin leaves 2 s (the runner's own process alone
+    # stops its child: the child keeps the usual rules, and takes the task untimed).
+    monkeypatch.setattr(runner, "FOLLOW_MARGIN_SECONDS", 98.0)
+    monkeypatch.setattr(runner, "LEASE_TOUCH_SECONDS", 0.2)
+    one = _stage(tmp_path, "one", _add_one, None, 1, time_limit=100.0)
+    two = _stage(tmp_path, "two", _sleep_long, one, 1)
+    _offer(one, two)
+    (one / layout.result_file(0)).write_bytes(cloudpickle.dumps({"outcomes": [(True, 1)]}))
+    os.utime(two / layout.calls_file(0), (0, 0))
+    code = runner.follow_apart(runner.JobFolder.load(one), "one.0", time.monotonic(), 100.0)
+    assert code is None, "stopped at the margin"
+    calls = two / layout.calls_file(0)
+    assert calls.exists() and not (two / layout.result_file(0)).exists()
+    assert calls.stat().st_mtime > 0, "its claim was touched while it ran"
+
+
+def test_nothing_is_followed_once_the_margin_is_reached(tmp_path):
+    one = _stage(tmp_path, "one", _add_one, None, 1)
+    two = _stage(tmp_path, "two", _double, one, 1)
+    _offer(one, two)
+    (one / layout.result_file(0)).write_bytes(cloudpickle.dumps({"outcomes": [(True, 1)]}))
+    started = time.monotonic() - 3600.0
+    assert runner.follow_apart(runner.JobFolder.load(one), "one.0", started, 3600.0) is None
+    assert (two / layout.calls_file(0)).exists()

@@ -284,7 +284,8 @@ def test_no_dependency_directives_without_upstream_jobs():
 
 
 def test_the_ssh_script_waits_for_its_upstream_sessions_to_end():
-    script = SshScheduler().render_script(Resources(), context(wait_for=("4242", "4343")))
-    assert "while kill -0 4242 2>/dev/null; do sleep 0.5; done" in script
-    assert "while kill -0 4343 2>/dev/null; do sleep 0.5; done" in script
+    waits = (("/w/job 1/exit_code-4242", "4242"), ("/w/job2/exit_code-4343", "4343"))
+    script = SshScheduler().render_script(Resources(), context(wait_for=waits))
+    assert "while [ ! -e '/w/job 1/exit_code-4242' ] && kill -0 4242 2>/dev/null" in script
+    assert "while [ ! -e /w/job2/exit_code-4343 ] && kill -0 4343 2>/dev/null" in script
     assert script.index("kill -0 4343") < script.index("flock")

@@ -485,8 +485,16 @@ class ClusterBackend:
         )
         # When every task of a submission goes, cancel it by its id: one scheduler command.
         targets = sorted(whole) if covered else sorted(set(elements))
-        if targets:
-            self.transport.run(self.scheduler.cancel_command(targets), check=False)
+        # Their calls go too: a runner still at work (of this job, or of an earlier stage
+        # of a pipeline) would otherwise take them on after the elements are gone.
+        calls = (
+            layout.calls_file("*")
+            if all(t.done for t in job.tasks)
+            else " ".join(layout.calls_file(t.index) for t in tasks)
+        )
+        forget = f"cd {shlex.quote(job.folder)} 2>/dev/null && rm -f {calls}"
+        cancel = f"{self.scheduler.cancel_command(targets)}; " if targets else ""
+        self.transport.run(f"{cancel}{forget}", check=False)
         logger.info("cancelled %s task(s) of job %s", len(tasks), job.job_id)
         self._finish_if_done(job)
         return True

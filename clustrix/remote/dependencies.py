@@ -154,9 +154,15 @@ class Pipeline:
                 wired.append(replace(part, after_each=aligned[n]))
                 continue
             after = tuple(sorted({call.target for call in calls if call.target}))
-            waits: tuple[str, ...] = ()
+            waits: tuple[tuple[str, str], ...] = ()
             if scheduler.waits_in_script:
-                waits = tuple(sorted({call.submission for call in calls if call.submission}))
+                sessions = {(call.folder, call.submission) for call in calls if call.submission}
+                waits = tuple(
+                    sorted(
+                        (f"{folder}/{layout.exit_code_file(session)}", session)
+                        for folder, session in sessions
+                    )
+                )
             wired.append(replace(part, after=after, wait_for=waits))
         return wired
 

@@ -239,9 +239,11 @@ class Poller:
             try:
                 joined = "; ".join(f"{{ {c}; }}" for c in commands)
                 self.transport.run(joined, check=False, timeout=POLL_TIMEOUT)
-            except Exception as exc:  # a folder left behind, or queued elements to end alone
+            except Exception as exc:  # the connection: tried again after the next check
                 where = self.transport.where
                 logger.warning("commands after a status check on %s failed: %s", where, exc)
+                with self._lock:
+                    self._after[:0] = commands
 
     def _ask(self, jobs: list[ClusterJob]) -> Findings:
         # The runners that took pending tasks' calls are asked about too: their own tasks

@@ -93,9 +93,10 @@ class ScriptContext:
     after: tuple[str, ...] = ()
     #: An upstream array of the same shape: element i waits for its element i only.
     after_each: str | None = None
-    #: Where the scheduler cannot wait (a plain SSH host): the session ids of the upstream
-    #: jobs to wait for in the script, until they end (as SLURM's afterok would).
-    wait_for: tuple[str, ...] = ()
+    #: Where the scheduler cannot wait (a plain SSH host): the upstream jobs to wait for in
+    #: the script until they end (as SLURM's afterok would), each as the file its session
+    #: writes its exit status to, and the session's id.
+    wait_for: tuple[tuple[str, str], ...] = ()
     #: A job that requeues itself (``@cluster(requeue=N)``): seconds before the time limit
     #: at which the scheduler should warn it (``Scheduler.requeue``); None: it does not.
     requeue_grace: int | None = None

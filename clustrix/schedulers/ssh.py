@@ -63,9 +63,11 @@ class SshScheduler(Scheduler):
         # whose upstream left none). Not only for the result file: the upstream runner may go
         # on with this job's calls itself (runner.follow). Before taking a slot, so that
         # waiting tasks never hold the cores their upstream needs.
+        # The exit status file ends the wait too: the id may be reused once the session ended.
         waits = [
-            f"while kill -0 {shlex.quote(session)} 2>/dev/null; do sleep 0.5; done"
-            for session in context.wait_for
+            f"while [ ! -e {shlex.quote(status)} ] && kill -0 {shlex.quote(session)} "
+            "2>/dev/null; do sleep 0.5; done"
+            for status, session in context.wait_for
         ]
         wait_for_slot = "\n".join([*waits, wait_for_slot])
         nice = (context.options or {}).get("nice")

@@ -288,3 +288,35 @@ def test_a_task_whose_taker_was_cancelled_is_retried(on_slurm):
         assert futures[2].attempts == 2
     finally:
         on_slurm.transport().run(f"rm -f {shlex.quote(marker)}")
+
+
+def waits_on_zero_and_logs(x, marker, log):
+    """Item 0 waits (two minutes at most) for ``marker``; every item appends itself to
+    ``log`` (one short append per call: lines never mix)."""
+    if x == 0:
+        deadline = time.time() + 120
+        while not os.path.exists(marker) and time.time() < deadline:
+            time.sleep(0.1)
+    with open(log, "a") as handle:
+        handle.write(f"{x}\n")
+    return x
+
+
+def test_cancelled_calls_are_not_taken_by_a_runner_still_at_work(on_slurm):
+    # One element at a time: element 0 waits in its call while the others are queued;
+    # some are cancelled meanwhile; then element 0 goes on with the calls of the rest.
+    stamp = f"{os.getpid()}-{time.monotonic_ns()}"
+    marker, log = f"/tmp/clustrix-go-{stamp}", f"/tmp/clustrix-ran-{stamp}"
+    transport = on_slurm.transport()
+    clustrix.configure(max_parallel_jobs=1)
+    logged = cluster(time="00:05:00", memory="200MB")(waits_on_zero_and_logs)
+    futures = logged.submit_map(range(6), [marker] * 6, [log] * 6, chunksize=1)
+    assert wait_for(
+        lambda: "RUNNING" in output_of(transport, f"squeue -h -o %T -j {futures[0].scheduler_id}"),
+        60,
+    )
+    assert all(future.cancel() for future in futures[3:])
+    transport.run(f"touch {shlex.quote(marker)}")
+    assert [future.result(timeout=120) for future in futures[:3]] == [0, 1, 2]
+    assert sorted(output_of(transport, f"cat {shlex.quote(log)}").split()) == ["0", "1", "2"]
+    transport.run(f"rm -f {shlex.quote(marker)} {shlex.quote(log)}")
