@@ -30,7 +30,8 @@ ABANDONED = "submission-abandoned"
 # Per-task names as templates, so that shell code can fill in ``$task`` itself.
 CALLS_TEMPLATE = "calls-{task}.pkl"
 #: The calls of ``task`` once a runner claimed them (renamed from ``calls-<task>.pkl``):
-#: ``taker`` is the task whose process runs them, ``task`` itself unless taken by another.
+#: ``taker`` is the task whose process runs them, ``task`` itself unless taken by another,
+#: or ``<job id>.<task>`` for a runner of an earlier pipeline stage (``runner.follow``).
 TAKEN_TEMPLATE = "taken-{task}-by-{taker}.pkl"
 RESULT_TEMPLATE = "result-{task}.pkl"
 STDOUT_TEMPLATE = "stdout-{task}"
