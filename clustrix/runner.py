@@ -28,9 +28,8 @@ writing ``result-OTHER.pkl`` and OTHER's logs. A task whose calls another runner
 with status 0 and writes nothing. Then, in a child process (``runner.py --follow``), it goes
 on with the ready calls of the later pipeline stages listed in ``followers`` (``follow``),
 claimed as ``taken-OTHER-by-JOB.TASK.pkl``; their own elements wait for those results
-(``wait_for_borrower``). Versions are compared before
-anything is unpickled, so a mismatch is reported as such instead of as an obscure unpickling
-error.
+(``wait_for_borrower``). Versions are compared before anything is unpickled, so a mismatch
+is reported as such instead of as an obscure unpickling error.
 """
 
 from __future__ import annotations
