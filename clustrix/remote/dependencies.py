@@ -253,7 +253,9 @@ def upstream_error(future: Future, call: UpstreamCall) -> DependencyFailedError 
 
 
 def find_upstream(calls: Sequence[CallArgs], backend: str, scheduler: Scheduler) -> Pipeline | None:
-    """The calls' upstream calls, with references in their place; None if there are none.
+    """The calls' upstream calls, with references in their place (and finished futures
+    that no job of this cluster stands behind, a cache hit say, replaced by their values);
+    None if there are none of either.
 
     ``backend`` names this cluster as its futures do (``slurm:user@host:22``). Raises
     ClustrixError for a future of another backend, and DependencyFailedError for an
@@ -262,17 +264,20 @@ def find_upstream(calls: Sequence[CallArgs], backend: str, scheduler: Scheduler)
     finder = _Finder(backend, scheduler)
     new_calls: list[CallArgs] = []
     upstream: list[list[UpstreamCall]] = []
+    valued = False
     try:
         for args, kwargs in calls:
-            finder.found = []
+            finder.found, finder.valued = [], False
             new_args = tuple(finder.replace(value) for value in args)
             new_kwargs = {name: finder.replace(value) for name, value in kwargs.items()}
-            new_calls.append((new_args, new_kwargs) if finder.found else (args, kwargs))
+            changed = finder.found or finder.valued
+            new_calls.append((new_args, new_kwargs) if changed else (args, kwargs))
             upstream.append(finder.found)
+            valued |= finder.valued
     except BaseException:
         finder.pipeline_held.recorded()
         raise
-    if not any(upstream):
+    if not any(upstream) and not valued:
         return None
     return Pipeline(new_calls, upstream, finder.shapes, finder.pipeline_held, finder.jobs)
 
@@ -305,6 +310,8 @@ class _Finder:
         self.shapes: dict[str, tuple[list[int], list[tuple[str, int, int, bool]]]] = {}
         self.pipeline_held = Held()
         self.jobs: dict[str, ClusterJob] = {}
+        #: Whether a finished future was replaced by its value (``_elsewhere``).
+        self.valued = False
 
     def replace(self, value: Any) -> Any:
         if isinstance(value, Future):
@@ -325,14 +332,16 @@ class _Finder:
     def _future(self, future: Future) -> Any:
         job = getattr(future, "job", None)
         if not isinstance(future, ClusterFuture) or not isinstance(job, ClusterJob):
-            raise ClustrixError(
+            return self._elsewhere(
+                future,
                 f"{future!r} is not the future of a cluster job, so a job cannot wait for it: "
-                "pass future.result() instead"
+                "pass future.result() instead",
             )
         if future.backend != self.backend:
-            raise ClustrixError(
+            return self._elsewhere(
+                future,
                 f"{future!r} runs on {future.backend}, not on {self.backend}: a job can only "
-                "wait for jobs of its own cluster; pass future.result() instead"
+                "wait for jobs of its own cluster; pass future.result() instead",
             )
         assert future.task_index is not None
         if not job.keep_folder():
@@ -360,6 +369,21 @@ class _Finder:
         self._shape(job.job_id, [len(t.futures) for t in job.tasks], _job_submissions(job))
         self.found.append(call)
         return call.reference()
+
+    def _elsewhere(self, future: Future, refusal: str) -> Any:
+        """The value of a future this cluster cannot wait for (a cache hit, a call of
+        another backend), once it has one. Raises DependencyFailedError if it failed or was
+        cancelled, and ClustrixError (``refusal``) while it runs."""
+        if not future.done():
+            raise ClustrixError(refusal)
+        if future.cancelled():
+            raise DependencyFailedError(f"upstream call {future!r} was cancelled")
+        error = future.exception()
+        if error is not None:
+            cause = f"failed: {type(error).__name__}: {error}"
+            raise DependencyFailedError(f"upstream call {future!r} {cause}", upstream_error=cause)
+        self.valued = True
+        return future.result()
 
     def _handle(self, record: JobRecord) -> Any:
         """A ``clustrix.Job`` stands for what its ``result()`` gives: one value, or a list."""

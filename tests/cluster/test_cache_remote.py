@@ -35,3 +35,22 @@ def test_a_map_with_some_stored_calls_submits_only_the_others(on_slurm):
     assert newest.items == 4  # the 6 stored calls were not submitted again
     assert cube.map(range(10)) == [x**3 for x in range(10)]
     assert len(_jobs()) == 2  # every call stored: no job at all
+
+
+@cluster(time="00:05:00", memory="500MB")
+def mean(values):
+    return sum(values) / len(values)
+
+
+@cluster(time="00:05:00", memory="500MB")
+def half(x):
+    return x / 2
+
+
+def test_a_stage_served_from_the_cache_feeds_the_next_as_values(on_slurm):
+    first = cube.submit_map(range(4))
+    assert mean.submit(first).result(timeout=180) == 9.0
+    again = cube.submit_map(range(4))  # every call stored: finished futures, no job
+    assert all(future.backend == "cache" for future in again)
+    assert mean.submit(again).result(timeout=180) == 9.0
+    assert half.submit(again[3]).result(timeout=180) == 13.5  # at top level too
