@@ -303,7 +303,12 @@ def _when(timestamp: float | None) -> str:
 @click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
 @click.option("--limit", type=int, default=50, show_default=True)
 def jobs_command(show_all: bool, states: tuple[str, ...], limit: int) -> None:
-    """List recorded jobs, newest first (unfinished ones unless --all)."""
+    """List recorded jobs, newest first (unfinished ones unless --all).
+
+    States are as last recorded by a process following the job; `clustrix job ID` asks the
+    scheduler and records what it finds (a pipeline's earlier stages, say, once the
+    submitting process has exited).
+    """
     from ..handle import jobs as list_jobs
     from ..store import ACTIVE_STATES
 

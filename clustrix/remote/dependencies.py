@@ -214,7 +214,7 @@ class Pipeline:
             def failed(
                 future: Future, call: UpstreamCall = call, tasks: list[Task] = tasks
             ) -> None:
-                error = upstream_error(future, call)
+                error = upstream_error(future, call, job.job_id)
                 if error is not None:
                     fail(job, tasks, error)
 
@@ -233,8 +233,11 @@ def _same_place(upstream: ClusterJob, job: ClusterJob) -> bool:
     return replace(upstream.context, **own, **waits) == replace(job.context, **own, **waits)
 
 
-def upstream_error(future: Future, call: UpstreamCall) -> DependencyFailedError | None:
-    """The error of the calls taking ``call``'s value, if its (finished) future failed."""
+def upstream_error(
+    future: Future, call: UpstreamCall, job_id: str | None = None
+) -> DependencyFailedError | None:
+    """The error of the calls taking ``call``'s value, if its (finished) future failed;
+    ``job_id``: the job of those calls, once it exists."""
     if future.cancelled():
         cause = "was cancelled"
     elif future.exception() is not None:
@@ -247,7 +250,7 @@ def upstream_error(future: Future, call: UpstreamCall) -> DependencyFailedError 
         upstream_job_id=call.job_id,
         item=call.item,
         upstream_error=cause,
-        job_id=call.job_id,
+        job_id=job_id,
         state="FAILED",
     )
 

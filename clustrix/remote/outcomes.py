@@ -223,6 +223,8 @@ class Outcomes:
         for future, (ok, value) in zip(task.futures, outcomes, strict=True):
             future.attempts = task.attempts
             job.any_failed |= not ok
+            if not ok and isinstance(value, DependencyFailedError) and value.job_id is None:
+                value.job_id = job.job_id  # the runner knows its upstream, not its own job
             if not ok and isinstance(value, MemoryError):
                 add_note(value, memory_hint(job, where))
         if job.requeue:  # after: its runs count as attempts too

@@ -123,6 +123,7 @@ def test_an_upstream_failure_removes_the_downstream_jobs(on_slurm):
     with pytest.raises(DependencyFailedError) as caught:
         downstream[3].result(timeout=180)
     assert caught.value.upstream_job_id == upstream[0].job_id
+    assert caught.value.job_id == downstream[0].job_id, "the failed job is the downstream one"
     assert caught.value.item == 3
     assert "three is not welcome" in str(caught.value)
     assert [f.result(timeout=180) for i, f in enumerate(downstream) if i != 3] == [
